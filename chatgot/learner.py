@@ -27,7 +27,7 @@ class CancelEvalException(Exception):
     "Skip this evaluation"
 
 _events = """before_fit before_step before_micro_batch after_loss before_backward after_backward
-    before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
+    before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
     after_cancel_eval after_cancel_fit after_fit""".split()
 
 # %% ../nbs/02_learner.ipynb #f258bdf0
@@ -150,6 +150,7 @@ def _accumulate(self:Learner):
 
 def _opt_step(self:Learner):
     "Clip, then update (a callback may replace the update by raising `CancelStepException`)"
+    self('before_clip')
     self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float('inf'))
     self('before_opt_step')
     self.opt.step()
