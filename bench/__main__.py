@@ -1,0 +1,3 @@
+import sys
+from bench.run import main
+main(sys.argv[1:])
