@@ -6,7 +6,7 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
-import json, math, os, random, resource, time
+import gc, json, math, os, random, resource, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,8 +15,8 @@ from .data import BatchSampler, TokenData, eval_batches, token_bytes
 
 # %% auto #0
 __all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'peak_memory',
-           'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'Learner', 'set_lr', 'evaluate', 'eval_due', 'fit',
-           'state_dict', 'load_state_dict', 'Recorder']
+           'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'Learner', 'set_lr', 'is_oom', 'evaluate', 'eval_due',
+           'fit', 'state_dict', 'load_state_dict', 'Recorder']
 
 # %% ../nbs/02_learner.ipynb #b021a455
 class CancelStepException(Exception):
@@ -27,7 +27,7 @@ class CancelEvalException(Exception):
     "Skip this evaluation"
 
 _events = """before_fit before_step before_micro_batch after_loss before_backward after_backward
-    before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
+    after_oom before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
     after_cancel_eval after_cancel_fit after_fit""".split()
 
 # %% ../nbs/02_learner.ipynb #f258bdf0
@@ -105,7 +105,7 @@ class Learner:
         self.opt = model.configure_optimizer(lr, weight_decay=weight_decay, betas=betas)
         self.sampler = BatchSampler(data.train, batch_size, self.seq_len, seed=seed)
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
-        self.step, self.tokens, self.precision = 0, 0, 'fp32'
+        self.step, self.tokens, self.precision, self.oom = 0, 0, 'fp32', None
         self.autocast = torch.autocast(self.device.type, enabled=False)
         self.cbs = []
         self.add_cbs([Recorder()] + list(cbs))
@@ -160,7 +160,7 @@ def _do_step(self:Learner):
     self.step_loss = self.grad_norm = torch.full((), float('nan'), device=self.device)
     self.xb, self.yb = (t.to(self.device, non_blocking=True) for t in self.sampler.next_batch())
     self.set_lr(lr_at(self.step, self.lr, self.total_steps, self.warmup, self.min_lr_frac))
-    self._accumulate()
+    self._accumulate_or_retry()
     self._opt_step()
 
 def _end_step(self:Learner):
@@ -173,6 +173,44 @@ def set_lr(self:Learner, lr:float):
     self.cur_lr = lr
 
 for f in (_accumulate, _opt_step, _do_step, _end_step, set_lr): setattr(Learner, f.__name__, f)
+
+# %% ../nbs/02_learner.ipynb #bf626a18
+_oom_texts = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
+
+def is_oom(e:BaseException) -> bool:
+    "Is `e` an out-of-memory error (CUDA/MPS `torch.OutOfMemoryError`, the CPU allocator's `RuntimeError`, `MemoryError`)?"
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)): return True
+    return isinstance(e, RuntimeError) and any(t in str(e) for t in _oom_texts)
+
+def _try_accumulate(self:Learner) -> bool:
+    "`_accumulate`; on OOM record it in `learn.oom` (plain values) and return False, outside the `except`"
+    try: self._accumulate(); return True
+    except Exception as e:
+        if not is_oom(e): raise
+        self.oom = dict(error=type(e).__name__, message=str(e), micro_batch_size=self.micro_batch_size, retry=self.oom_retries)
+        self._oom_error = e.with_traceback(None)  # no frames, so nothing pins the failed step's tensors
+    return False
+
+def _free_memory(self:Learner):
+    "Drop the partial gradients and the step's intermediate tensors, then return cached memory"
+    self.opt.zero_grad(set_to_none=True)
+    self.loss = self.loss_grad = self.mb_x = self.mb_y = None
+    gc.collect()
+    if self.device.type == 'cuda': torch.cuda.empty_cache()
+    elif self.device.type == 'mps': torch.mps.empty_cache()
+
+def _accumulate_or_retry(self:Learner):
+    "Forward and backward; after an OOM a callback in `after_oom` may set `learn.oom_retry` to redo the same batch"
+    self.oom_retries = 0
+    while not self._try_accumulate():
+        self._free_memory()
+        self.oom_retry = False
+        self('after_oom')
+        if not self.oom_retry: raise self._oom_error
+        self.oom_retries += 1
+    self.oom = self._oom_error = None
+
+for f in (_try_accumulate, _free_memory, _accumulate_or_retry): setattr(Learner, f.__name__, f)
 
 # %% ../nbs/02_learner.ipynb #085bd812
 @torch.no_grad()
