@@ -284,4 +284,5 @@ d = { 'settings': { 'branch': 'main',
                                'chatgot.train._write_json_atomic': ('train.html#_write_json_atomic', 'chatgot/train.py'),
                                'chatgot.train.prepare_run': ('train.html#prepare_run', 'chatgot/train.py'),
                                'chatgot.train.resolve_flags': ('train.html#resolve_flags', 'chatgot/train.py'),
+                               'chatgot.train.run_callbacks': ('train.html#run_callbacks', 'chatgot/train.py'),
                                'chatgot.train.train': ('train.html#train', 'chatgot/train.py')}}}

@@ -35,9 +35,12 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               save_every:int=None,  # steps between checkpoints
               keep_last:int=None,   # checkpoints kept (plus the best by val loss)
               log_every:int=None,   # steps between metric flushes
+              precision:str=None,   # auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it)
+              grad_checkpoint:bool=False, # recompute activations in backward to save memory
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
     flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug')}
+    flags['grad_checkpoint'] = grad_checkpoint or None  # not given: the stored value on --resume
     learn = train(out=out, resume=resume, **flags)
     return 130 if learn.checkpoint.interrupted else 0
 

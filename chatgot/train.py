@@ -12,11 +12,14 @@ import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
 from .data import prepare_data
 from .eta import ProgressCallback
+from .grad_ckpt import GradCheckpointCallback, as_switch
 from .learner import Learner
+from .loss_trend import LossTrendCallback
+from .precision import MixedPrecision, resolve_precision
 from .model import GPT, PRESETS, preset_config
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'train']
+__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'run_callbacks', 'train']
 
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
@@ -31,7 +34,7 @@ class UsageError(ValueError):
 # %% ../nbs/10_train.ipynb #c2d8e737
 FLAGS = ('data', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
-         'save_every', 'keep_last', 'log_every')
+         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint')
 
 def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     "Every flag's value: given, else stored (on resume), else the preset's default"
@@ -41,7 +44,7 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     p = PRESETS[preset]
     base = dict(data='builtin:shakespeare', preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=3,
-                log_every=10, **TRAIN_DEFAULTS[preset])
+                log_every=10, precision='auto', grad_checkpoint=False, **TRAIN_DEFAULTS[preset])
     f = {**base, **f}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
         if not isinstance(f[k], int) or f[k] < 1: raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {f[k]!r}")
@@ -58,6 +61,8 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     if f['device'] == 'auto': f['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif f['device'] not in ('cpu', 'cuda') and not f['device'].startswith('cuda:'): raise UsageError(f"--device must be auto, cpu or cuda, got {f['device']!r}")
     if f['device'].startswith('cuda') and not torch.cuda.is_available(): raise UsageError("--device cuda was asked for but torch sees no CUDA device")
+    try: resolve_precision(f['precision'], f['device']); f['grad_checkpoint'] = as_switch(f['grad_checkpoint'], '--grad-checkpoint')
+    except ValueError as e: raise UsageError(str(e)) from None
     return {k: f.get(k) for k in FLAGS}
 
 # %% ../nbs/10_train.ipynb #cde6aef6
@@ -82,6 +87,13 @@ def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
     ck, _ = find_checkpoint(ckpts, log=lambda m: print(m, flush=True))
     return out, stored, ck
 
+# %% ../nbs/10_train.ipynb #5ebbab89
+def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
+    "The callbacks `train()` attaches for the resolved flags `f`"
+    cbs = [GradCheckpointCallback(f['grad_checkpoint']), MixedPrecision(f['precision'], verbose=not quiet), LossTrendCallback(),
+           CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
+    return cbs + ([] if quiet else [ProgressCallback()])
+
 # %% ../nbs/10_train.ipynb #aa6e41e7
 def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Learner:
     "Train with DESIGN.md's flags (as keyword arguments); returns the `Learner` after the run"
@@ -99,8 +111,7 @@ def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Lea
     config = dict(flags=f, model=dataclasses.asdict(mc), tokenizer=dict(kind=f['tokenizer'], vocab_size=data.vocab_size),
                   data=dict(source=data.source, train_tokens=len(data.train), val_tokens=len(data.val),
                             train_bytes=data.train_bytes, val_bytes=data.val_bytes))
-    ckcb = CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)
-    learn = Learner(model, data, cbs=[ckcb] + ([] if quiet else [ProgressCallback()]) + list(cbs),
+    learn = Learner(model, data, cbs=run_callbacks(f, out, config, quiet) + list(cbs),
                     lr=f['lr'], batch_size=f['batch_size'], seq_len=f['seq_len'],
                     micro_batch_size=None if f['micro_batch_size'] == 'auto' else f['micro_batch_size'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
