@@ -1,6 +1,6 @@
 """Run every benchmark in bench/ one after another (they share the CPU badly) and list the results.
 
-python bench/run.py [names...]  or  python -m bench [names...]   e.g. python -m bench train_speed memory
+python bench/run.py [names...]  or  python -m bench [names...]   e.g. python -m bench train_speed memory precision
 Each bench/<name>.py prints its own table and writes bench/results/<name>.json.
 """
 import subprocess, sys, time

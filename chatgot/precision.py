@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from .learner import Callback, CancelStepException
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'DTYPES', 'native_bf16', 'autocast_works', 'resolve_precision', 'next_precision', 'autocast_for',
-           'SafeGradScaler', 'MixedPrecision', 'InjectNonFinite']
+__all__ = ['PRECISIONS', 'DTYPES', 'native_bf16', 'native_fp16', 'autocast_works', 'resolve_precision', 'next_precision',
+           'autocast_for', 'SafeGradScaler', 'MixedPrecision', 'InjectNonFinite']
 
 # %% ../nbs/05_precision.ipynb #2834c851
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -30,6 +30,18 @@ def native_bf16(device) -> bool:
         except TypeError: return torch.cuda.get_device_capability(d) >= (8, 0)
     if d.type != 'cpu': return False
     return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
+def _cpu_flags() -> set:
+    try:
+        with open('/proc/cpuinfo') as f: return set(next(l for l in f if l.startswith('flags')).split(':', 1)[1].split())
+    except (OSError, StopIteration): return set()
+
+def native_fp16(device) -> bool:
+    "Does `device` multiply fp16 fast? (CUDA: tensor cores, from Volta on; CPU: AVX512-FP16 or AMX-FP16)"
+    d = torch.device(device)
+    if d.type == 'cuda': return torch.cuda.get_device_capability(d) >= (7, 0)
+    if d.type != 'cpu': return False
+    return getattr(torch.cpu, '_is_amx_fp16_supported', lambda: False)() or 'avx512_fp16' in _cpu_flags()
 
 def autocast_works(device, precision:str) -> bool:
     "Does `torch.autocast` on `device` really compute a matmul in `precision`?"
@@ -50,9 +62,11 @@ def resolve_precision(precision:str='auto', # auto, fp32, bf16 or fp16
     d = torch.device(device)
     if precision == 'auto':
         if native_bf16(d): return 'bf16'
-        if d.type == 'cuda' and torch.cuda.get_device_capability(d) >= (7, 0): return 'fp16'
+        if d.type == 'cuda' and native_fp16(d): return 'fp16'
         return 'fp32'
     if not autocast_works(d, precision): raise ValueError(f"--precision {precision}: torch {torch.__version__} has no {precision} autocast on {d.type}")
+    if precision != 'fp32' and not (native_bf16 if precision == 'bf16' else native_fp16)(d):
+        warnings.warn(f"--precision {precision}: this {d.type} has no native {precision} kernels, so training will be slower than in fp32")
     return precision
 
 def next_precision(precision:str, bf16_ok:bool) -> str|None:
@@ -100,10 +114,12 @@ class SafeGradScaler(torch.amp.GradScaler):
     def scale(self, loss): return super().scale(loss) if self.dynamic else loss
 
     def unscale_(self, opt):
-        "Divide the gradients by the scale (fp16 only); a retried step (after an OOM) unscales its fresh gradients again"
-        if not self.dynamic: return
-        self._per_optimizer_states.pop(id(opt), None)
-        super().unscale_(opt)
+        "Divide the gradients by the scale (fp16 only; as in torch, a second unscale in one step is an error)"
+        if self.dynamic: super().unscale_(opt)
+
+    def new_step(self):
+        "Forget a step that stopped between `unscale_` and `update` (an exception escaped it)"
+        self._per_optimizer_states.clear(); self._bad = None
 
 # %% ../nbs/05_precision.ipynb #eeda1777
 @patch
@@ -119,7 +135,7 @@ def check(self:SafeGradScaler, loss:torch.Tensor, grad_norm:torch.Tensor, opt=No
 @patch
 @torch.no_grad()
 def update(self:SafeGradScaler, step:int):
-    "Queue this step's flags, then back off (after `hysteresis` overflows, never below `min_scale`) or grow the scale"
+    "Queue this step's flags, then back the scale off on gradient overflow (after `hysteresis` of them, never below `min_scale`) or grow it"
     self._per_optimizer_states = defaultdict(_refresh_per_optimizer_state)
     if self._bad is None: return  # the step never reached its check
     (lb, gb), self._bad = self._bad, None
@@ -128,10 +144,10 @@ def update(self:SafeGradScaler, step:int):
     counted = torch.maximum(lb, gb * (s <= self.min_scale)) if self.dynamic else bad
     self.pending.append((step, torch.stack([lb, gb, s.clone(), counted])))
     if not self.dynamic: return
-    ok = bad == 0
+    ok = gb == 0  # the scale answers for the gradients, not for a non-finite forward loss
     h.sub_((~ok).int())
     back = ~ok & (h <= 0)
-    g.copy_(torch.where(ok, g + 1, 0))
+    g.copy_(torch.where(bad == 0, g + 1, 0))
     grow = g >= self._growth_interval
     s.copy_(torch.where(back, (s * self._backoff_factor).clamp(min=self.min_scale),
                         torch.where(grow, (s * self._growth_factor).clamp(max=self.max_scale), s)))
@@ -191,6 +207,7 @@ class MixedPrecision(Callback):
                  check_every:int|None=None,  # steps between host reads of the flags (None: the Recorder's `log_every`)
                  verbose:bool=True,          # a line on stderr for every skip and fallback
                  **scaler_kw):               # `SafeGradScaler` settings (`max_bad`, `window`, `min_scale`, ...)
+        if precision not in PRECISIONS: raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.want, self.check_every, self.verbose, self.scaler_kw, self.scaler = precision, check_every, verbose, scaler_kw, None
 
     def _setup(self, precision:str|None=None):
@@ -199,6 +216,7 @@ class MixedPrecision(Callback):
         self.learn.precision, self.learn.autocast = self.scaler.precision, autocast_for(self.scaler.precision, self.device)
 
     def before_fit(self): self._setup()
+    def before_step(self): self.scaler.new_step()
     def before_backward(self): self.learn.loss_grad = self.scaler.scale(self.loss_grad)
     def before_clip(self): self.scaler.unscale_(self.opt)
     def before_opt_step(self):
@@ -232,7 +250,8 @@ def log_skips(self:MixedPrecision):
 
 @patch
 def _say(self:MixedPrecision, msg:str):
-    if self.verbose: tqdm.write(msg, file=sys.stderr)
+    "A line on the progress bar's stream (stderr by default) that does not break the bar"
+    if self.verbose: tqdm.write(msg, file=getattr(getattr(self.learn, 'progress', None), 'file', None) or sys.stderr)
 
 @patch
 def after_fit(self:MixedPrecision): self.log_skips()
