@@ -505,7 +505,7 @@ def after_fit(self:ProgressCallback):
     tot = getattr(getattr(self.learn, 'eta', None), 'totals', None)
     if tot and sum(tot.values()) > 0:
         train_s = max(dt - sum(tot.values()), 1e-9)
-        msg += f" ({_fmt_num(tok / train_s)} tok/s training; " + ', '.join(f"{k}s {_fmt_s(v)}" for k, v in tot.items()) + ')'
+        msg += f" ({_fmt_num(tok / train_s)} tok/s training; " + ', '.join(f"{k}s {_fmt_s(v)}" for k, v in tot.items() if v > 0) + ')'
     print(msg, file=self.stream, flush=True)
 
 # %% ../nbs/08_eta.ipynb #96ad591a
@@ -588,10 +588,11 @@ def plot_run(run_dir, out=None) -> Path:
 class LivePlot:
     "The run's metrics figure in a Jupyter output, redrawn in place at most every `every_s` seconds"
     def __init__(self, history=(), every_s:float=5.):
-        from IPython.display import display
+        from IPython.display import DisplayHandle
         self.history, self.every_s, self.t = list(history), every_s, -math.inf
         self.fig = Figure(figsize=(12, 6), layout='constrained')
-        self.handle = display(self._png(self.history), display_id=True)
+        self.handle = DisplayHandle()
+        self.handle.display(self._png(self.history))
     def _png(self, rows):
         from IPython.display import Image
         b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=80)
