@@ -100,3 +100,16 @@ def test_plot_run_on_odd_metrics(tmp_path):
     (tmp_path/'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows) + '{"step": 51, "lo')
     assert plot_run(tmp_path).read_bytes()[:4] == b'\x89PNG'
     with pytest.raises(ValueError, match='not a run folder'): plot_run(tmp_path/'missing')
+
+def test_live_plot_runs_outside_a_kernel(capsys):
+    "The live plot (on when asked, or in a Jupyter kernel) redraws at log points without a kernel too"
+    from chatgot.eta import ProgressCallback, in_kernel
+    from chatgot.learner import Learner
+    from chatgot.test_utils import tiny_data, tiny_model
+    assert not in_kernel()
+    data = tiny_data()
+    learn = Learner(tiny_model(data), data, cbs=[EtaCallback(), ProgressCallback(file=io.StringIO(), plot=True, plot_every_s=0)],
+                    batch_size=4, seq_len=16, eval_every=10, eval_batches=1)
+    learn.recorder.log_every = 5
+    learn.fit(10)
+    assert capsys.readouterr().out.count('Image object') >= 3  # first draw, two log points, the end
