@@ -1,4 +1,4 @@
-"""A progress bar that tells the truth: step, loss, learning rate, tokens/s, micro-batch, memory and time left.
+"""A time-left estimate you can trust (median-filtered, adaptively smoothed, pauses and warm-up kept apart, with a range), a progress bar that shows it, and plots of a run, live in Jupyter and as `plot.png`.
 
 Docs: https://chatgot.github.io/chatgot/eta.html.md"""
 
@@ -6,39 +6,597 @@ Docs: https://chatgot.github.io/chatgot/eta.html.md"""
 
 # %% ../nbs/08_eta.ipynb #d80cb329
 from __future__ import annotations
-import sys, time
+import io, json, math, os, random, statistics, sys, time
+from dataclasses import dataclass, field
+from pathlib import Path
+import torch
+from fastcore.basics import patch
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as tqdm_text
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['ProgressCallback']
+__all__ = ['TRACES', 'BAR_FORMAT', 'wquantile', 'wmedian', 'Estimate', 'EtaEstimator', 'StepTimer', 'due_count', 'Trace',
+           'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps', 'synthetic_trace', 'sync', 'EtaCallback', 'in_kernel',
+           'ProgressCallback', 'read_metrics', 'draw_metrics', 'plot_run', 'LivePlot']
 
 # %% ../nbs/08_eta.ipynb #fbe8d404
-def _fmt_bytes(n): return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
+def wquantile(pairs, q:float) -> float:
+    "Quantile `q` of `(value, weight)` pairs; the midpoint when the weight splits exactly at `q`"
+    pairs = sorted(pairs)
+    if not pairs: raise ValueError("wquantile needs at least one (value, weight) pair")
+    target, c = q * sum(w for _, w in pairs), 0.
+    for i, (x, w) in enumerate(pairs):
+        c += w
+        if i + 1 < len(pairs) and math.isclose(c, target, rel_tol=1e-9): return (x + pairs[i + 1][0]) / 2
+        if c >= target: return x
+    return pairs[-1][0]
 
+def wmedian(pairs) -> float: return wquantile(pairs, 0.5)
+
+# %% ../nbs/08_eta.ipynb #5c7789c9
+@dataclass
+class Estimate:
+    "Seconds left (point, low, high) and the rate behind them"
+    eta_s: float
+    low_s: float
+    high_s: float
+    s_per_token: float  # training rate: the average since the last level change
+    provisional: bool = False  # no clean interval in this regime yet
+    @property
+    def tok_per_s(self) -> float: return 1 / self.s_per_token
+
+class EtaEstimator:
+    "Time left from measured training stretches and pauses: median filter, adaptive smoothing, change detection, a range"
+    def __init__(self, window:int=7,         # log intervals in the median filter
+                 phi:float=0.2,              # weight of the newest error in the Trigg-Leach error averages
+                 alpha_min:float=0.05,       # smoothing weight when the rate only jitters
+                 change:float=0.05,          # smallest relative move of the level that counts as a change
+                 outlier_window:int=60,      # most log intervals averaged (outliers amortised over them)
+                 spread:float=2.0,           # range: this many robust standard deviations of the window
+                 pause_window:int=5):        # measurements kept per pause kind
+        if window < 1 or outlier_window < 1 or pause_window < 1: raise ValueError("EtaEstimator windows must be at least 1")
+        if not (0 < phi <= 1 and 0 <= alpha_min <= 1): raise ValueError("EtaEstimator needs 0 < phi <= 1 and 0 <= alpha_min <= 1")
+        self.window, self.phi, self.alpha_min, self.change, self.outlier_window = window, phi, alpha_min, change, outlier_window
+        self.spread, self.pause_window = spread, pause_window
+        self.win, self.hist, self.pauses = [], [], {}
+        self.s = self.warm = self.regime = None
+        self.E = self.M = 0.
+        self.alpha, self.fresh, self.changes = 1., True, 0
+
+# %% ../nbs/08_eta.ipynb #a6349beb
+def _mad_sd(pairs, m) -> float: return 1.4826 * wmedian([(abs(x - m), w) for x, w in pairs])
+
+@patch
+def add(self:EtaEstimator, seconds:float, tokens:int, regime=None, warm:bool=False):
+    "Feed `seconds` of pure training on `tokens` tokens; `regime` marks a known change of speed, `warm` warm-up time"
+    if tokens <= 0 or not seconds > 0: return
+    x = seconds / tokens
+    if regime != self.regime: self.win, self.hist, self.regime, self.fresh = [], [], regime, True
+    if warm: self.warm = x; return
+    self.win = (self.win + [(x, tokens)])[-self.window:]
+    self.hist = (self.hist + [(x, tokens)])[-self.outlier_window:]
+    m = wmedian(self.win)
+    if self.fresh or self.s is None:
+        self.s, self.E, self.M, self.alpha, self.fresh = m, 0., 0., 1., False
+        return
+    e, s0 = m - self.s, self.s
+    self.E = self.phi * e + (1 - self.phi) * self.E
+    self.M = self.phi * abs(e) + (1 - self.phi) * self.M
+    self.alpha = min(1., max(self.alpha_min, abs(self.E) / self.M)) if self.M > 0 else self.alpha_min
+    self.s += self.alpha * e
+    if self.alpha > 0.5 and abs(e) > max(self.change * s0, 3 * _mad_sd(self.win, m) / math.sqrt(len(self.win))):
+        self.hist = [(y, v) for y, v in self.win if abs(y - m) < abs(y - s0)]  # the window's intervals at the new level
+        self.changes += 1
+
+@patch
+def add_pause(self:EtaEstimator, kind:str, seconds:float):
+    "Feed one measured pause (`eval`, `save`, ...): not training time, projected as pauses left × cost"
+    if seconds >= 0: self.pauses[kind] = (self.pauses.get(kind, []) + [float(seconds)])[-self.pause_window:]
+
+@patch
+def new_session(self:EtaEstimator):
+    "A new process (resume) or fit: forget the intervals, keep the rate as a prior and the pause costs"
+    self.win, self.hist, self.warm, self.fresh = [], [], None, True
+
+# %% ../nbs/08_eta.ipynb #8337f677
+@patch
+def rate(self:EtaEstimator) -> float|None:
+    "Seconds per token as the estimate uses it: the average since the last level change (None before any data)"
+    if self.fresh or not self.hist: return self.s if self.s is not None else self.warm
+    return sum(x * w for x, w in self.hist) / sum(w for _, w in self.hist)
+
+@patch
+def estimate(self:EtaEstimator, tokens_left:int,
+             pauses_left:dict|None=None,   # {kind: count} of pauses still to come
+             guess:dict|None=None          # {kind: seconds} for kinds not measured yet
+            ) -> Estimate|None:
+    "Seconds left to train `tokens_left` tokens and sit through `pauses_left`, with a range; None before any data"
+    rate, tokens_left = self.rate(), max(0, tokens_left)
+    if rate is None: return None
+    lump = 0.
+    if self.fresh:  # no clean interval in this regime: an older rate or warm-up time, widely bracketed
+        known = [x for x in (self.s, self.warm) if x is not None]
+        lo_r, hi_r = min(known) / 2, max(known) * 2
+    else:
+        m = wmedian(self.win)
+        rel = _mad_sd(self.win, m) / m
+        last = self.win[-2:]
+        recent = sum(x * w for x, w in last) / sum(w for _, w in last)
+        lo_r = max(0., min(self.s, m, rate) * (1 - self.spread * rel))
+        hi_r = max(self.s, m, rate, recent) * (1 + self.spread * rel)
+        lump = max(0., max(w * (x - rate) for x, w in self.hist))  # outliers come in lumps: one more may land
+    t, lo, hi = tokens_left * rate, tokens_left * lo_r, tokens_left * hi_r + (lump if tokens_left else 0.)
+    for kind, n in (pauses_left or {}).items():
+        if not n: continue
+        if ms := self.pauses.get(kind): c, cl, ch = statistics.median(ms), min(ms), max(ms)
+        elif guess and guess.get(kind) is not None: c = guess[kind]; cl, ch = c / 4, c * 4
+        else: continue
+        t, lo, hi = t + n * c, lo + n * cl, hi + n * ch
+    return Estimate(t, lo, hi, rate, self.fresh)
+
+# %% ../nbs/08_eta.ipynb #823bdc89
+_est_keys = ('win', 'hist', 'pauses', 's', 'warm', 'regime', 'E', 'M', 'alpha', 'fresh', 'changes')
+
+@patch
+def state_dict(self:EtaEstimator) -> dict:
+    "The estimator's state as plain Python values"
+    d = {k: getattr(self, k) for k in _est_keys}
+    return {**d, 'win': [list(p) for p in self.win], 'hist': [list(p) for p in self.hist],
+            'pauses': {k: list(v) for k, v in self.pauses.items()}}
+
+@patch
+def load_state_dict(self:EtaEstimator, sd:dict):
+    "Restore what `state_dict` captured"
+    for k in _est_keys: setattr(self, k, sd[k])
+    self.win, self.hist = [tuple(p) for p in sd['win']], [tuple(p) for p in sd['hist']]
+    self.pauses = {k: list(v) for k, v in sd['pauses'].items()}
+
+# %% ../nbs/08_eta.ipynb #f2611725
+class StepTimer:
+    "Splits wall time into training, warm-up and pauses for an `EtaEstimator`; pure Python, the caller passes the clock"
+    def __init__(self, est:EtaEstimator, warmup_steps:int=2):
+        self.est, self.warmup_steps, self.paused = est, warmup_steps, None
+
+    def start(self, now:float, step:int, tokens:int, regime=None):
+        "Begin at `step` (a fit's start or a resume); the next `warmup_steps` steps are warm-up"
+        self.t, self.step, self.tokens, self.regime, self.paused = now, step, tokens, regime, None
+        self.warm_until, self.acc, self.raw = step + self.warmup_steps, [0., 0], [0., 0]
+
+    def wants_cut(self, step:int, regime=None) -> bool:
+        "Should the caller synchronise and `cut` after this step (warm-up ends, or the regime changed)?"
+        return step == self.warm_until or regime != self.regime
+
+    def cut(self, now:float, step:int, tokens:int, regime=None):
+        "Close the stretch of steps since the last cut, ending at `now`"
+        if self.paused is not None: return
+        dt, n, tok = now - self.t, step - self.step, tokens - self.tokens
+        if n > 0:
+            warm = self.step < self.warm_until or regime != self.regime
+            if regime != self.regime: self.regime, self.warm_until = regime, step + self.warmup_steps - 1
+            self.raw[0] += dt; self.raw[1] += n
+            if warm: self.est.add(dt, tok, regime, warm=True)
+            else: self.acc[0] += dt; self.acc[1] += tok
+        elif n == 0: self.raw[0] += dt; self.acc[0] += dt  # a second cut after the same step: overhead
+        self.t, self.step, self.tokens = now, step, tokens
+
+# %% ../nbs/08_eta.ipynb #ecef68b6
+@patch
+def pause_begin(self:StepTimer, now:float, step:int, tokens:int, regime=None):
+    "A pause (eval, checkpoint) starts after `step`: close the training stretch"
+    self.cut(now, step, tokens, regime)
+    self.paused = now
+
+@patch
+def pause_end(self:StepTimer, now:float, parts:dict|None=None, rest:str|None=None) -> dict:
+    "The pause ends: feed its measured `parts` ({kind: seconds}); the remainder is `rest`'s, or training overhead"
+    parts, gap = dict(parts or {}), now - self.paused
+    other = max(0., gap - sum(parts.values()))
+    if rest: parts[rest] = parts.get(rest, 0.) + other
+    else: self.acc[0] += other; self.raw[0] += other
+    for k, v in parts.items(): self.est.add_pause(k, v)
+    self.t, self.paused = now, None
+    return parts
+
+@patch
+def report(self:StepTimer, now:float, step:int, tokens:int, regime=None) -> float|None:
+    "At a synchronised log point: feed the training since the last report; its raw seconds per step"
+    self.cut(now, step, tokens, regime)
+    sec, tok = self.acc
+    if tok: self.est.add(sec, tok, self.regime); self.acc = [0., 0]
+    raw = self.raw[0] / self.raw[1] if self.raw[1] else None
+    self.raw = [0., 0]
+    return raw
+
+# %% ../nbs/08_eta.ipynb #dcb204f7
+def due_count(step:int, n_steps:int, every:int) -> int:
+    "Steps in (`step`, `n_steps`] that are multiples of `every`, the last step always counting"
+    if n_steps <= step: return 0
+    n = n_steps // every - step // every if every else 0
+    return n + (0 if every and n_steps % every == 0 else 1)
+
+# %% ../nbs/08_eta.ipynb #ac12c9be
+@dataclass
+class Trace:
+    "A run's timing: true seconds per step, regime per step, and the pause schedule with true costs"
+    name: str
+    step_s: list                  # seconds of steps 1..n
+    regime: list|None = None      # micro-batch size of each step (None: constant)
+    eval_every: int|None = None   # None: no evals; 0: only at the end
+    eval_s: float = 0.            # true seconds of one eval
+    save_every: int|None = None   # None: no checkpoints; 0: only at the end
+    save_s: float = 0.            # true seconds of one save
+    tokens_per_step: int = 1024
+    guess: dict = field(default_factory=dict)  # what the callback would guess for an unmeasured pause kind
+    recorded: dict|None = None    # measured pauses {step: {kind: seconds}}, instead of the costs above
+    def pauses(self, k:int) -> dict:
+        "The pauses after step `k`, with their true seconds"
+        if self.recorded is not None: return dict(self.recorded.get(k, {}))
+        n, p = len(self.step_s), {}
+        if self.eval_every is not None and (k == n or (self.eval_every and k % self.eval_every == 0)): p['eval'] = self.eval_s
+        if self.save_every is not None and (k == n or (self.save_every and k % self.save_every == 0)): p['save'] = self.save_s
+        return p
+
+# %% ../nbs/08_eta.ipynb #17fcf6a5
+def _clocked_tqdm(n:int, clock:list):
+    "A text tqdm bar that reads the simulated `clock[0]`"
+    bar = tqdm_text(total=n, file=io.StringIO())
+    bar._time = lambda: clock[0]
+    bar.start_t = bar.last_print_t = clock[0]
+    return bar
+
+def tqdm_eta(bar) -> float|None:
+    "tqdm's own time-left estimate, as its bar shows it"
+    d = bar.format_dict
+    rate = d['rate'] or ((d['n'] - d['initial']) / d['elapsed'] if d['elapsed'] else None)
+    return (d['total'] - d['n']) / rate if rate else None
+
+# %% ../nbs/08_eta.ipynb #a448156c
+def replay(tr:Trace, log_every:int=10, warmup_steps:int=2, **kw) -> list[dict]:
+    "Run `tr` through `StepTimer` + `EtaEstimator` (and a tqdm bar) on a simulated clock; one dict per report"
+    est = EtaEstimator(**kw); timer = StepTimer(est, warmup_steps)
+    n, tps = len(tr.step_s), tr.tokens_per_step
+    reg = (lambda k: tr.regime[k - 1]) if tr.regime else (lambda k: None)
+    end = sum(tr.step_s) + sum(sum(tr.pauses(k).values()) for k in range(1, n + 1))
+    clock, rows = [0.], []
+    bar = _clocked_tqdm(n, clock)
+    timer.start(0., 0, 0, reg(1))
+    def report(k, pending):
+        t = clock[0]
+        timer.report(t, k, k * tps, reg(k))
+        left = {kind: due_count(k, n, every) + (kind in pending)
+                for kind, every in (('eval', tr.eval_every), ('save', tr.save_every)) if every is not None}
+        e = est.estimate((n - k) * tps, left, tr.guess)
+        rows.append(dict(step=k, t=t, truth=end - t, eta=e and e.eta_s, low=e and e.low_s, high=e and e.high_s,
+                         provisional=e is None or e.provisional, tqdm=tqdm_eta(bar)))
+    for k in range(1, n + 1):
+        clock[0] += tr.step_s[k - 1]; bar.update(1)
+        p = tr.pauses(k)
+        if k % log_every == 0: report(k, set(p))                                  # Recorder.after_step
+        if p: timer.pause_begin(clock[0], k, k * tps, reg(k))                      # EtaCallback.after_step
+        elif timer.wants_cut(k, reg(k)): timer.cut(clock[0], k, k * tps, reg(k))
+        if 'eval' in p:
+            clock[0] += p['eval']
+            if k % log_every: report(k, set(p) - {"eval"})                         # Recorder.after_eval flushes
+        elif 'save' in p and k % log_every: report(k, {'save'})                    # CheckpointCallback.save flushes
+        clock[0] += p.get('save', 0.)
+        if p: timer.pause_end(clock[0], {'eval': p['eval']} if 'eval' in p else {}, 'save' if 'save' in p else 'eval')
+    bar.close()
+    return rows
+
+# %% ../nbs/08_eta.ipynb #ebc401ed
+def eta_errors(rows:list, key:str='eta') -> list:
+    "Relative error of each report's estimate `key` against the true time left"
+    return [(r[key] - r['truth']) / r['truth'] if r[key] is not None and r['truth'] > 0 else None for r in rows]
+
+def eta_jumps(rows:list, key:str='eta') -> list:
+    "|estimate − (previous estimate − time passed)| / true time left, for each report after the first"
+    return [abs(b[key] - (a[key] - (b['t'] - a['t']))) / b['truth'] if None not in (a[key], b[key]) and b['truth'] > 0 else None
+            for a, b in zip(rows, rows[1:])]
+
+# %% ../nbs/08_eta.ipynb #6e463d0b
+def synthetic_trace(kind:str, n:int=1000, step_s:float=0.25, jitter:float=0.05, seed:int=0) -> Trace:
+    "One of the validation traces: steady, rate_change, periodic_slow, compile, eval_pauses, micro_batch"
+    r = random.Random(seed)
+    s = [step_s * max(0.2, 1 + jitter * r.gauss(0, 1)) for _ in range(n)]
+    tr = Trace(kind, s)
+    if kind == 'rate_change': tr.step_s = [x * (1.6 if k >= n // 2 else 1) for k, x in enumerate(s)]
+    elif kind == 'periodic_slow': tr.step_s = [x * (6 if (k + 1) % 100 == 0 else 1) for k, x in enumerate(s)]
+    elif kind == 'compile': tr.step_s = [30.] + [s[1] * 2] + s[2:]
+    elif kind == 'eval_pauses':
+        tr.eval_every, tr.eval_s, tr.save_every, tr.save_s, tr.guess = 200, 6., 200, 1.5, {'eval': 4., 'save': 0.5}
+    elif kind == 'micro_batch':
+        c = int(n * 0.6)
+        tr.step_s = s[:c - 1] + [s[c - 1] * 4] + [x * 1.3 for x in s[c:]]
+        tr.regime = [8] * (c - 1) + [4] * (n - c + 1)
+    elif kind != 'steady': raise ValueError(f"unknown trace kind {kind!r}")
+    return tr
+
+TRACES = ('steady', 'rate_change', 'periodic_slow', 'compile', 'eval_pauses', 'micro_batch')
+
+# %% ../nbs/08_eta.ipynb #7071686b
+def sync(device):
+    "Wait for the device's queued work (CUDA, MPS); nothing on CPU"
+    d = torch.device(device)
+    if d.type == 'cuda': torch.cuda.synchronize(d)
+    elif d.type == 'mps': torch.mps.synchronize()
+
+class EtaCallback(Callback):
+    "Times training apart from warm-up, evals and saves, and gives the Recorder honest `step_time_s`, `tok_per_s` and ETA"
+    order = -9  # right after the Recorder (-10), before any callback that pauses the run in `after_step`
+    def __init__(self, warmup_steps:int=2,  # steps after each start and micro-batch change that are not timed
+                 save_mb_s:float=200.,      # assumed disk speed for guessing a checkpoint's cost before one is measured
+                 **kw):                     # passed to `EtaEstimator`
+        self.warmup_steps, self.save_mb_s, self.est = warmup_steps, save_mb_s, EtaEstimator(**kw)
+        self.last, self.totals, self.pause_log, self.timer = None, {}, [], None
+
+    def before_fit(self):
+        self.tps = self.batch_size * self.seq_len
+        self.save_bytes = 3 * sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.est.new_session()
+        self.timer = StepTimer(self.est, self.warmup_steps)
+        sync(self.device)
+        self.t0, self.tok0, self.eval_t0, self.eval_s = time.perf_counter(), self.tokens, None, 0.
+        self.totals, self.pause_log = {'eval': 0., 'save': 0.}, []
+        self.timer.start(self.t0, self.step, self.tokens, self.micro_batch_size)
+
+# %% ../nbs/08_eta.ipynb #b255bde8
+@patch
+def _save_due(self:EtaCallback) -> bool:
+    ck = getattr(self.learn, 'checkpoint', None)
+    return bool(ck is not None and ck.save_every and self.step % ck.save_every == 0)
+
+@patch
+def after_step(self:EtaCallback):
+    pause, mbs = self.learn.eval_due() or self._save_due(), self.micro_batch_size
+    if pause or self.timer.wants_cut(self.step, mbs):
+        sync(self.device)
+        now = time.perf_counter()
+        if pause: self.timer.pause_begin(now, self.step, self.tokens, mbs); self.eval_t0 = None
+        else: self.timer.cut(now, self.step, self.tokens, mbs)
+
+@patch
+def before_eval(self:EtaCallback): sync(self.device); self.eval_t0 = time.perf_counter()
+@patch
+def after_eval(self:EtaCallback):
+    if self.eval_t0 is not None: self.eval_s = time.perf_counter() - self.eval_t0
+
+@patch
+def _end_pause(self:EtaCallback):
+    ck = getattr(self.learn, 'checkpoint', None)
+    saved = ck is not None and ck.saved_step == self.step
+    parts = {'eval': self.eval_s} if self.eval_t0 is not None else {}
+    rest = 'save' if saved else 'eval' if parts else None
+    parts = self.timer.pause_end(time.perf_counter(), parts, rest)
+    for k, v in parts.items(): self.totals[k] = self.totals.get(k, 0.) + v
+    self.pause_log.append((self.step, parts))
+    self.eval_t0 = None
+
+@patch
+def before_step(self:EtaCallback):
+    if self.timer.paused is not None: self._end_pause()
+@patch
+def after_fit(self:EtaCallback):
+    if self.timer.paused is not None: self._end_pause()
+    self.elapsed = time.perf_counter() - self.t0
+
+# %% ../nbs/08_eta.ipynb #4149bcbb
+@patch
+def pauses_left(self:EtaCallback) -> dict:
+    "Evals and saves still to come, counting this step's if it has not happened yet"
+    n, k, ck = self.n_steps, self.step, getattr(self.learn, 'checkpoint', None)
+    left = {'eval': due_count(k, n, self.eval_every) + (self.learn.eval_due() and self.eval_t0 is None)}
+    if ck is not None:
+        left['save'] = due_count(k, n, ck.save_every) + (ck.saved_step != k and (k == n or self._save_due()))
+    return left
+
+@patch
+def guess(self:EtaCallback) -> dict:
+    "Seconds an eval and a save might take, for kinds not measured yet"
+    r = self.est.rate()
+    return {'eval': self.eval_n * self.tps * r / 3 if r else None, 'save': self.save_bytes / (self.save_mb_s * 1e6)}
+
+@patch
+def report(self:EtaCallback, now:float, step:int):
+    "Called by the Recorder at a flush, right after its device synchronisation"
+    if self.timer is None: return
+    raw = self.timer.report(now, step, self.tokens, self.micro_batch_size)
+    self.last = (step, raw, self.est.estimate((self.n_steps - step) * self.tps, self.pauses_left(), self.guess()))
+
+@patch
+def fields(self:EtaCallback, st:int) -> dict:
+    "Timing fields of the row for step `st` (at or before the last report's step)"
+    if self.last is None: return {}
+    step, raw, e = self.last
+    d = dict(step_time_s=raw, tok_per_s=self.tps / raw if raw else None)
+    if e is None: return {**d, 'eta_s': None, 'eta_low_s': None, 'eta_high_s': None}
+    back = (step - st) * e.s_per_token * self.tps
+    return {**d, 'eta_s': e.eta_s + back, 'eta_low_s': e.low_s + back, 'eta_high_s': e.high_s + back}
+
+# %% ../nbs/08_eta.ipynb #a1979bbe
+@patch
+def state_dict(self:EtaCallback) -> dict: return self.est.state_dict()
+@patch
+def load_state_dict(self:EtaCallback, sd:dict):
+    if self.est.s is None and not self.est.pauses: self.est.load_state_dict(sd)
+
+# %% ../nbs/08_eta.ipynb #bff724b7
+BAR_FORMAT = '{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| {elapsed}{postfix}'
+
+def _fmt_bytes(n): return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
+def _fmt_num(x): return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+def _fmt_t(s): return tqdm.format_interval(max(0., s))
+def _fmt_s(s): return f"{s:.1f}s" if s >= 1 else f"{s * 1e3:.0f}ms"
+
+def in_kernel() -> bool:
+    "Running in a Jupyter kernel (not a terminal, a script or a notebook test runner)?"
+    try: from IPython import get_ipython
+    except ImportError: return False
+    return getattr(get_ipython(), 'kernel', None) is not None
+
+# %% ../nbs/08_eta.ipynb #034f8142
 class ProgressCallback(Callback):
-    "A `tqdm.auto` progress bar fed from the Recorder's rows"
+    "A `tqdm.auto` bar with loss, LR, tok/s, micro-batch, memory and ETA; a live plot in a Jupyter kernel"
     order = 60
-    def __init__(self, file=None, leave:bool=True): self.file, self.leave = file, leave
+    def __init__(self, file=None,           # text stream for the bar (default: stderr)
+                 leave:bool=True,            # keep the bar when the run ends
+                 plot:bool|None=None,        # live plot; None: only in a Jupyter kernel
+                 plot_every_s:float=5.):     # redraw the live plot at most this often
+        self.file, self.leave, self.plot, self.plot_every_s = file, leave, plot, plot_every_s
+
     def before_fit(self):
         self.t0, self.tok0, self.n_rows = time.perf_counter(), self.tokens, len(self.recorder.rows)
-        self.bar = tqdm(total=self.n_steps, initial=self.step, desc='train', unit='step',
-                        file=self.file or sys.stderr, leave=self.leave, dynamic_ncols=True)
-    def _refresh(self):
-        rows = self.recorder.rows[self.n_rows:]
-        last = next((r for r in reversed(rows) if 'loss' in r), None)
-        val = next((r for r in reversed(self.recorder.rows) if 'val_loss' in r), None)
-        if last is None: return
-        post = dict(loss=f"{last['loss_ema']:.3f}", lr=f"{last['lr']:.1e}", tok_s=f"{last['tok_per_s']:.0f}",
-                    mb=last['micro_batch_size'], mem=_fmt_bytes(last['mem_peak_bytes']))
-        if val: post['val'] = f"{val['val_loss']:.3f}"
-        self.bar.set_postfix(post, refresh=False)
-    def after_step(self):
-        self.bar.update(self.step - self.bar.n)
-        if self.step % self.recorder.log_every == 0: self._refresh()
-    def after_eval(self): self._refresh()
-    def after_fit(self):
-        self._refresh(); self.bar.close()
-        dt = time.perf_counter() - self.t0
-        print(f"done: step {self.step}/{self.n_steps} in {dt:.0f}s, {(self.tokens - self.tok0) / max(dt, 1e-9):.0f} tok/s",
-              file=self.file or sys.stderr)
+        self.stream = self.file or sys.stderr
+        self.bar = tqdm(total=self.n_steps, initial=self.step, desc='train', unit='step', file=self.stream,
+                        leave=self.leave, dynamic_ncols=True, bar_format=BAR_FORMAT)
+        self.stats, self.eta, self.t_eta, self.t_shown = '', None, 0., 0.
+        p = self.recorder.path
+        hist = read_metrics(p) if p is not None and p.exists() else list(self.recorder.rows)
+        self.live = LivePlot(hist, self.plot_every_s) if (in_kernel() if self.plot is None else self.plot) else None
+
+# %% ../nbs/08_eta.ipynb #5d576a8a
+@patch
+def _refresh(self:ProgressCallback, force:bool=False):
+    "New rows were written: rebuild the postfix (and redraw the live plot)"
+    rows = self.recorder.rows[self.n_rows:]
+    last = next((r for r in reversed(rows) if 'loss' in r), None)
+    if last is None: return
+    val = next((r for r in reversed(rows) if r.get('val_loss') is not None), None)
+    e = getattr(getattr(self.learn, 'eta', None), 'last', None)
+    tok_s = e[2].tok_per_s if e and e[2] else last.get('tok_per_s')
+    loss = last['loss_ema'] if last.get('loss_ema') is not None else last['loss']
+    s = [f"loss {loss:.3f}"] + ([f"val {val['val_loss']:.3f}"] if val else []) + [f"lr {last['lr']:.1e}"]
+    if tok_s: s.append(f"{_fmt_num(tok_s)} tok/s")
+    s += [f"mb {last['micro_batch_size']}", f"mem {_fmt_bytes(last['mem_peak_bytes'])}"]
+    self.stats = ' '.join(s)
+    if last.get('eta_s') is not None:
+        self.eta, self.t_eta = (last['eta_s'], last.get('eta_low_s'), last.get('eta_high_s')), time.perf_counter()
+    self._show()
+    if self.live is not None: self.live.update(self.recorder.rows[self.n_rows:], force=force)
+
+@patch
+def _show(self:ProgressCallback):
+    "Set the postfix; the ETA counts down from its last report"
+    self.t_shown = now = time.perf_counter()
+    s = self.stats
+    if self.eta is not None:
+        d = now - self.t_eta
+        eta, lo, hi = self.eta
+        s += f" eta {_fmt_t(eta - d)}" + (f" [{_fmt_t(lo - d)}-{_fmt_t(hi - d)}]" if lo is not None else '')
+    self.bar.set_postfix_str(s, refresh=False)
+
+# %% ../nbs/08_eta.ipynb #9244ed4c
+@patch
+def after_step(self:ProgressCallback):
+    self.bar.update(self.step - self.bar.n)
+    if self.step % self.recorder.log_every == 0: self._refresh()
+    elif self.eta is not None and time.perf_counter() - self.t_shown > 1: self._show()
+
+@patch
+def after_eval(self:ProgressCallback): self._refresh()
+
+@patch
+def after_fit(self:ProgressCallback):
+    self._refresh(force=True); self.bar.close()
+    dt, tok = time.perf_counter() - self.t0, self.tokens - self.tok0
+    msg = f"done: step {self.step}/{self.n_steps} in {_fmt_t(dt)}, {_fmt_num(tok / max(dt, 1e-9))} tok/s"
+    tot = getattr(getattr(self.learn, 'eta', None), 'totals', None)
+    if tot and sum(tot.values()) > 0:
+        train_s = max(dt - sum(tot.values()), 1e-9)
+        msg += f" ({_fmt_num(tok / train_s)} tok/s training; " + ', '.join(f"{k}s {_fmt_s(v)}" for k, v in tot.items() if v > 0) + ')'
+    print(msg, file=self.stream, flush=True)
+
+# %% ../nbs/08_eta.ipynb #96ad591a
+def read_metrics(path) -> list[dict]:
+    "The rows of a `metrics.jsonl` file; a torn (partly written) line is skipped"
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try: r = json.loads(line)
+        except ValueError: continue
+        if isinstance(r, dict) and 'step' in r: rows.append(r)
+    return rows
+
+_EVENT_COLORS = dict(oom='tab:red', nonfinite='tab:pink', fallback='tab:orange', spike='tab:purple', lr_down='tab:brown',
+                     lr_up='tab:olive', rewind='black', resume='tab:gray', grow='tab:green', diverged='darkred')
+
+def _num(v): return float(v) if isinstance(v, (int, float)) and v is not None else float('nan')
+
+def _stretches(rows):
+    "Split rows where the step goes back (a rewind) so each stretch is drawn as its own line"
+    out = []
+    for r in rows:
+        if not out or r['step'] <= out[-1][-1]['step']: out.append([])
+        out[-1].append(r)
+    return out
+
+# %% ../nbs/08_eta.ipynb #1e4aa4aa
+def _line(ax, rows, key, scale=1., **kw):
+    for i, seg in enumerate(_stretches(rows)):
+        ax.plot([r['step'] for r in seg], [_num(r.get(key)) * scale for r in seg], **(kw if i == 0 else {**kw, 'label': None}))
+
+def draw_metrics(rows:list, fig:Figure|None=None, title:str='') -> Figure:
+    "Loss (raw, smoothed, val), LR, micro-batch size and peak memory against the step, events marked"
+    fig = fig or Figure(figsize=(12, 7), layout='constrained')
+    fig.clear()
+    ax = fig.subplots(2, 2, sharex=True).ravel()
+    tr = [r for r in rows if 'loss' in r and 'event' not in r]
+    va = [r for r in rows if r.get('val_loss') is not None]
+    _line(ax[0], tr, 'loss', lw=.7, alpha=.4, color='C0', label='loss')
+    _line(ax[0], tr, 'loss_ema', lw=1.8, color='C0', label='loss (smoothed)')
+    if va: _line(ax[0], va, 'val_loss', marker='o', ms=4, color='C1', label='val loss')
+    ls = [v for r in tr + va for v in (_num(r.get('loss')), _num(r.get('val_loss'))) if v > 0 and math.isfinite(v)]
+    if ls and max(ls) / min(ls) > 20: ax[0].set_yscale('log')
+    _line(ax[1], tr, 'lr', color='C2')
+    _line(ax[2], tr, 'micro_batch_size', drawstyle='steps-post', color='C4', label='micro-batch')
+    _line(ax[2], tr, 'batch_size', ls='--', color='gray', label='batch')
+    sizes = [v for r in tr for v in (_num(r.get('batch_size')), _num(r.get('micro_batch_size'))) if math.isfinite(v)]
+    if sizes: ax[2].set_ylim(0, 1.1 * max(sizes))
+    _line(ax[3], tr, 'mem_peak_bytes', scale=1 / 2**20, color='C5')
+    for a, t in zip(ax, ('loss', 'learning rate', 'sequences per step', 'peak memory (MiB)')): a.set_title(t); a.grid(alpha=.3)
+    for a in ax[2:]: a.set_xlabel('step')
+    counts = {}
+    for r in rows:
+        if 'event' not in r: continue
+        c = _EVENT_COLORS.get(r['event'], 'tab:cyan')
+        counts[r['event']] = counts.get(r['event'], 0) + 1
+        for a in ax: a.axvline(r['step'], color=c, lw=.9, ls=':', alpha=.8)
+    handles = [Line2D([], [], color=_EVENT_COLORS.get(k, 'tab:cyan'), ls=':', label=f"{k} ×{n}") for k, n in counts.items()]
+    if tr or va: ax[0].legend(handles=ax[0].get_legend_handles_labels()[0] + handles, fontsize=8)
+    if tr: ax[2].legend(fontsize=8)
+    if not tr: ax[0].text(.5, .5, 'no training rows yet', ha='center', va='center', transform=ax[0].transAxes)
+    if title: fig.suptitle(title)
+    return fig
+
+# %% ../nbs/08_eta.ipynb #bbea28d5
+def plot_run(run_dir, out=None) -> Path:
+    "Draw `run_dir/metrics.jsonl` into `run_dir/plot.png` (or `out`), atomically; returns the image's path"
+    run_dir = Path(run_dir)
+    p = run_dir/'metrics.jsonl'
+    if not p.is_file(): raise ValueError(f"{run_dir} is not a run folder: it has no metrics.jsonl")
+    rows = read_metrics(p)
+    tr = [r for r in rows if 'loss' in r and 'event' not in r]
+    title = f"{run_dir.resolve().name}: step {tr[-1]['step']}, {tr[-1]['tokens']:,} tokens" if tr else run_dir.resolve().name
+    out = Path(out) if out else run_dir/'plot.png'
+    tmp = out.with_name(f'.{out.stem}.tmp-{os.getpid()}{out.suffix}')
+    draw_metrics(rows, title=title).savefig(tmp, dpi=72)
+    os.replace(tmp, out)
+    return out
+
+# %% ../nbs/08_eta.ipynb #caae2cf3
+class LivePlot:
+    "The run's metrics figure in a Jupyter output, redrawn in place at most every `every_s` seconds"
+    def __init__(self, history=(), every_s:float=5.):
+        from IPython.display import DisplayHandle
+        self.history, self.every_s, self.t = list(history), every_s, -math.inf
+        self.fig = Figure(figsize=(12, 6), layout='constrained')
+        self.handle = DisplayHandle()
+        self.handle.display(self._png(self.history))
+    def _png(self, rows):
+        from IPython.display import Image
+        b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=80)
+        return Image(data=b.getvalue())
+    def update(self, rows, force:bool=False):
+        if not force and time.perf_counter() - self.t < self.every_s: return
+        self.handle.update(self._png(self.history + list(rows))); self.t = time.perf_counter()

@@ -304,6 +304,8 @@ class Recorder(Callback):
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
         now, n = time.perf_counter(), len(self.pending)
         dt = (now - self.t_last) / max(1, (step or self.pending[-1][0]) - self.step_last)
+        timing = getattr(self.learn, 'eta', None)  # `chatgot.eta.EtaCallback` if attached: step time without pauses, robust ETA
+        if timing is not None: timing.report(now, self.pending[-1][0])
         vals = torch.stack([torch.stack([p[2].float(), p[3].float()]) for p in self.pending]).cpu().tolist()
         mem = peak_memory(self.device)
         total = getattr(self.learn, 'n_steps', 0)
@@ -315,6 +317,7 @@ class Recorder(Callback):
                        lr=lr, batch_size=self.batch_size, micro_batch_size=mbs, grad_norm=gn, precision=prec,
                        mem_peak_bytes=mem, step_time_s=dt, tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
                        eta_s=dt * max(0, total - st))
+            if timing is not None: row.update(timing.fields(st))
             self._write(row)
         self.pending, self.t_last, self.step_last = [], now, self.pending[-1][0]
         reset_peak_memory(self.device)
