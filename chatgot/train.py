@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
 from .data import prepare_data
-from .eta import ProgressCallback
+from .eta import EtaCallback, ProgressCallback, plot_run
 from .grad_ckpt import GradCheckpointCallback, as_switch
 from .learner import Learner
 from .loss_trend import LossTrendCallback
@@ -90,7 +90,7 @@ def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
 # %% ../nbs/10_train.ipynb #5ebbab89
 def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
     "The callbacks `train()` attaches for the resolved flags `f`"
-    cbs = [GradCheckpointCallback(f['grad_checkpoint']), MixedPrecision(f['precision'], verbose=not quiet), LossTrendCallback(),
+    cbs = [GradCheckpointCallback(f['grad_checkpoint']), EtaCallback(), MixedPrecision(f['precision'], verbose=not quiet), LossTrendCallback(),
            CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
     return cbs + ([] if quiet else [ProgressCallback()])
 
@@ -122,5 +122,9 @@ def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Lea
         if not quiet: print(f"resuming {out} from {ck.name} (step {meta['step']})", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(out/'config.json', config)
-    learn.fit(f['steps'])
+    try: learn.fit(f['steps'])
+    finally:
+        if (out/'metrics.jsonl').exists():
+            try: plot_run(out)
+            except Exception as e: print(f"warning: could not draw {out/'plot.png'}: {e}", flush=True)  # never hides the run's own error
     return learn
