@@ -52,19 +52,23 @@ class LossTrendCallback(Callback):
                  calm_steps:int=100,        # steps without a spike or change before the LR climbs back one factor
                  plateau_tol:float=0.01,    # relative loss drop over a full window below this is a plateau
                  lr_on_plateau:bool=False,  # lower the LR on a plateau (at most once per window)
+                 rise_tol:float=0.02,       # loss EMA this fraction above its lowest value: lower the LR (at most once per `spike_window`)
                  diverge_steps:int=20,      # consecutive high steps that count as divergence
                  max_rewinds:int=3,         # rewinds (or LR cuts without a checkpoint) before `DivergenceError`
                  check_every:int|None=None):# host checks every N steps (None: the Recorder's `log_every`)
         if not 8 <= min_samples <= window: raise ValueError(f"need 8 <= min_samples <= window, got min_samples={min_samples}, window={window}")
         if not (0 < lr_factor < 1 and 0 < min_lr_mult <= 1): raise ValueError(f"need 0 < lr_factor < 1 and 0 < min_lr_mult <= 1, got {lr_factor}, {min_lr_mult}")
-        if not (k > 0 and clip_k > 0 and div_k > 0 and 0 < beta < 1): raise ValueError(f"k, clip_k, div_k must be positive and beta in (0, 1), got {k}, {clip_k}, {div_k}, {beta}")
+        if not (k > 0 and clip_k > 0 and div_k > 0 and rise_tol > 0 and 0 < beta < 1):
+            raise ValueError(f"k, clip_k, div_k, rise_tol must be positive and beta in (0, 1), got {k}, {clip_k}, {div_k}, {rise_tol}, {beta}")
         if min(max_spikes, spike_window, calm_steps, diverge_steps) < 1 or max_rewinds < 0 or (check_every is not None and check_every < 1):
             raise ValueError("max_spikes, spike_window, calm_steps, diverge_steps and check_every must be >= 1, max_rewinds >= 0")
         store_attr()
         self.buf, self.n_seen, self.pending, self.spikes, self.rewinds, self.skipped = None, 0, [], [], 0, []
-        self.mult = dict(spike=1., plateau=1., rewind=1.)
+        self.mult = dict(spike=1., plateau=1., rise=1., rewind=1.)
         self.last_change = self.last_plateau = 0
-        self.plateau, self.slope, self._judged = False, float('nan'), None
+        self.last_rise = None
+        self.best_ema = math.inf
+        self.plateau, self.slope, self._judged = False, float('nan'), False
 
     @property
     def lr_mult(self) -> float:
@@ -164,10 +168,11 @@ def before_opt_step(self:LossTrendCallback):
     if self.n_seen >= self.min_samples:
         med, slope, pred, dev, z, thr = self._judge(x)
         now = gn.clamp(max=self.grad_clip) if self.grad_clip else gn   # the norm after the Learner's clip
-        skip = ~bad & (z[0] > self.k)
+        above = loss > med[0]                          # and above the window's median: see below
+        skip = ~bad & above & (z[0] > self.k)
         clip = ~bad & ~skip & (thr[1] < now)           # z > clip_k, and the threshold is tighter than the Learner's clip
         scale = torch.where(bad | skip, 0., torch.where(clip, (thr[1] / now).clamp(max=1.), 1.))
-        high = ~loss.isfinite() | (z[0] > self.div_k)
+        high = ~loss.isfinite() | (above & (z[0] > self.div_k))
         x = torch.minimum(x, thr)                      # a clipped gradient norm enters at its threshold
     else:
         med = slope = pred = dev = z = self._nan
@@ -183,7 +188,7 @@ def before_opt_step(self:LossTrendCallback):
     self.run = torch.where(high, self.run + 1, 0.)
     action = torch.where(bad, 3., skip.float() * 2 + clip.float())
     self._queue(loss, gn, med, pred, dev, z, action, scale, slope[0])
-    self._judged = self.step
+    self._judged = True
     self.learn.set_lr(self.cur_lr * self.lr_mult)
 
 @patch
@@ -195,7 +200,7 @@ def _queue(self:LossTrendCallback, loss, gn, med, pred, dev, z, action, scale, s
 @patch
 def after_cancel_step(self:LossTrendCallback):
     "A step cancelled before it was judged (MixedPrecision's skip on a non-fused optimizer): a non-finite loss still counts toward divergence"
-    if self._judged == self.step: return
+    if self._judged: return
     loss, gn = self.step_loss.detach().float(), self.grad_norm.detach().float()
     self.run = self.run + (~loss.isfinite()).float()
     self._queue(loss, gn, self._nan, self._nan, self._nan, self._nan, self._three, self._zero, self._nan[0])
@@ -243,6 +248,11 @@ def check(self:LossTrendCallback):
         self.spikes = []
     elif self.mult['spike'] < 1 and self.step - max([self.last_change] + self.spikes) >= self.calm_steps:
         self._change('spike', 1 / self.lr_factor, 'lr_up', reason='calm')
+    if math.isfinite(r['loss_ema']): self.best_ema = min(self.best_ema, r['loss_ema'])
+    if (self.n_seen >= self.min_samples and r['loss_ema'] > self.best_ema * (1 + self.rise_tol)
+        and (self.last_rise is None or self.step - self.last_rise >= self.spike_window)):
+        self.last_rise = self.step
+        self._change('rise', self.lr_factor, 'lr_down', reason='rising', loss_ema=r['loss_ema'], best_ema=self.best_ema)
     if self.lr_on_plateau and self.plateau and self.step - max(self.last_plateau, self.last_change) >= self.window:
         self.last_plateau = self.step
         self._change('plateau', self.lr_factor, 'lr_down', reason='plateau', slope=self.slope)
@@ -250,6 +260,7 @@ def check(self:LossTrendCallback):
 @patch
 def after_step(self:LossTrendCallback):
     if (opt := getattr(self.learn, 'opt', None)) is not None: opt.__dict__.pop('found_inf', None)
+    self._judged = False
     if self.step % self.every == 0: self.check()
 
 @patch
@@ -261,14 +272,15 @@ def state_dict(self:LossTrendCallback) -> dict:
     "Window, EMA, counters, LR factors and rewinds, as tensors and plain values (the queue is read and logged first)"
     self._read()
     sd = dict(n_seen=self.n_seen, spikes=list(self.spikes), mult=dict(self.mult), rewinds=self.rewinds,
-              skipped=[list(s) for s in self.skipped], last_change=self.last_change, last_plateau=self.last_plateau)
+              skipped=[list(s) for s in self.skipped], last_change=self.last_change, last_plateau=self.last_plateau,
+              last_rise=self.last_rise, best_ema=self.best_ema)
     if self.buf is not None: sd.update(buf=self.buf.cpu(), ema=self.ema.cpu(), ema_w=self.ema_w.cpu(), run=self.run.cpu())
     return sd
 
 @patch
 def load_state_dict(self:LossTrendCallback, sd:dict):
     "Restore what `state_dict` captured, on the learner's device"
-    for k in ('n_seen', 'spikes', 'rewinds', 'last_change', 'last_plateau'): setattr(self, k, sd[k])
+    for k in ('n_seen', 'spikes', 'rewinds', 'last_change', 'last_plateau', 'last_rise', 'best_ema'): setattr(self, k, sd[k])
     self.mult, self.skipped, self.pending, dev = dict(sd['mult']), [list(s) for s in sd['skipped']], [], self.learn.device
     if 'buf' not in sd: self.buf = None; return
     if sd['buf'].shape[1] != self.window:

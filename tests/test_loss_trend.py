@@ -34,7 +34,7 @@ def test_loss_spike_is_skipped_and_left_out_of_the_ema():
 
 def test_warmup_judges_nothing_but_nonfinite():
     losses = [3.0] * 40; losses[10] = 30.0; losses[20] = float('nan')
-    sl = ScriptedLearner([LossTrendCallback()]).fit(losses)
+    sl = ScriptedLearner([LossTrendCallback(check_every=10**9)]).fit(losses)
     assert [i for i, s in enumerate(sl.scales) if s != 1] == [20] and sl.events == []
 
 def test_gradient_norm_spike_is_clipped_to_its_threshold():
@@ -70,6 +70,17 @@ def test_lr_bounds():
     assert abs(min(sl.lrs) - 2e-4) < 1e-12 and max(sl.lrs) <= 1e-3
     assert all(0.2 <= v <= 1 for v in cb.mult.values())
     assert len(kinds(sl, 'lr_down')) == 3       # 0.5, 0.25, the floor 0.2, then no more events
+
+def test_rising_loss_lowers_the_lr_and_it_stays_lower():
+    sl = ScriptedLearner([cb := LossTrendCallback()]).fit(noisy(100) + noisy(300, slope=0.001, seed=1))
+    ev = sl.events
+    assert [(e['event'], e['reason']) for e in ev] == [('lr_down', 'rising')] * 3
+    assert [b['step'] - a['step'] for a, b in zip(ev, ev[1:])] == [100, 100]
+    assert all(e['loss_ema'] > 1.02 * e['best_ema'] for e in ev) and cb.mult['rise'] == 0.125 and cb.lr_mult == 0.125
+
+def test_a_falling_or_flat_loss_never_counts_as_rising():
+    for seq in (noisy(800, slope=-0.001, sd=0.1), noisy(800, sd=0.1, seed=4), noisy(800, level=6, sd=0.3, seed=5)):
+        assert ScriptedLearner([LossTrendCallback()]).fit(seq).events == []
 
 def test_plateau_lowers_the_lr_once_per_window():
     cb = LossTrendCallback(window=128, lr_on_plateau=True)
