@@ -52,7 +52,7 @@ class LossTrendCallback(Callback):
                  calm_steps:int=100,        # steps without a spike or change before the LR climbs back one factor
                  plateau_tol:float=0.01,    # relative loss drop over a full window below this is a plateau
                  lr_on_plateau:bool=False,  # lower the LR on a plateau (at most once per window)
-                 rise_tol:float=0.02,       # loss EMA this fraction above its lowest value: lower the LR (at most once per `spike_window`)
+                 rise_tol:float=0.02,       # loss EMA this fraction above its best value counts as divergence
                  diverge_steps:int=20,      # consecutive high steps that count as divergence
                  max_rewinds:int=3,         # rewinds (or LR cuts without a checkpoint) before `DivergenceError`
                  check_every:int|None=None):# host checks every N steps (None: the Recorder's `log_every`)
@@ -64,9 +64,8 @@ class LossTrendCallback(Callback):
             raise ValueError("max_spikes, spike_window, calm_steps, diverge_steps and check_every must be >= 1, max_rewinds >= 0")
         store_attr()
         self.buf, self.n_seen, self.pending, self.spikes, self.rewinds, self.skipped = None, 0, [], [], 0, []
-        self.mult = dict(spike=1., plateau=1., rise=1., rewind=1.)
-        self.last_change = self.last_plateau = 0
-        self.last_rise = None
+        self.mult = dict(spike=1., plateau=1., rewind=1.)
+        self.last_change = self.last_plateau = self.best_step = 0
         self.best_ema = math.inf
         self.plateau, self.slope, self._judged = False, float('nan'), False
 
@@ -240,7 +239,13 @@ def check(self:LossTrendCallback):
     "At a check interval: read the device values, then apply the divergence, LR and plateau rules"
     r = self._read()
     if r is None: return
-    if r['run'] >= self.diverge_steps: return self._diverged(r)
+    if r['run'] >= self.diverge_steps:
+        first = r['step'] - int(r['run']) + 1
+        return self._diverged(first - 1, reason='diverged', loss=r['loss'], expected=r['expected'], high_steps=int(r['run']), first_high_step=first)
+    ema = r['loss_ema']
+    if ema < self.best_ema: self.best_ema, self.best_step = ema, r['step']
+    if self.n_seen >= self.min_samples and ema > self.best_ema * (1 + self.rise_tol):
+        return self._diverged(self.best_step, reason='rising', loss_ema=ema, best_ema=self.best_ema, best_step=self.best_step)
     self.spikes = [s for s in self.spikes if s > self.step - max(self.spike_window, self.calm_steps)]
     recent = [s for s in self.spikes if s > self.step - self.spike_window]
     if len(recent) >= self.max_spikes:
@@ -248,11 +253,6 @@ def check(self:LossTrendCallback):
         self.spikes = []
     elif self.mult['spike'] < 1 and self.step - max([self.last_change] + self.spikes) >= self.calm_steps:
         self._change('spike', 1 / self.lr_factor, 'lr_up', reason='calm')
-    if math.isfinite(r['loss_ema']): self.best_ema = min(self.best_ema, r['loss_ema'])
-    if (self.n_seen >= self.min_samples and r['loss_ema'] > self.best_ema * (1 + self.rise_tol)
-        and (self.last_rise is None or self.step - self.last_rise >= self.spike_window)):
-        self.last_rise = self.step
-        self._change('rise', self.lr_factor, 'lr_down', reason='rising', loss_ema=r['loss_ema'], best_ema=self.best_ema)
     if self.lr_on_plateau and self.plateau and self.step - max(self.last_plateau, self.last_change) >= self.window:
         self.last_plateau = self.step
         self._change('plateau', self.lr_factor, 'lr_down', reason='plateau', slope=self.slope)
@@ -273,14 +273,14 @@ def state_dict(self:LossTrendCallback) -> dict:
     self._read()
     sd = dict(n_seen=self.n_seen, spikes=list(self.spikes), mult=dict(self.mult), rewinds=self.rewinds,
               skipped=[list(s) for s in self.skipped], last_change=self.last_change, last_plateau=self.last_plateau,
-              last_rise=self.last_rise, best_ema=self.best_ema)
+              best_ema=self.best_ema, best_step=self.best_step)
     if self.buf is not None: sd.update(buf=self.buf.cpu(), ema=self.ema.cpu(), ema_w=self.ema_w.cpu(), run=self.run.cpu())
     return sd
 
 @patch
 def load_state_dict(self:LossTrendCallback, sd:dict):
     "Restore what `state_dict` captured, on the learner's device"
-    for k in ('n_seen', 'spikes', 'rewinds', 'last_change', 'last_plateau', 'last_rise', 'best_ema'): setattr(self, k, sd[k])
+    for k in ('n_seen', 'spikes', 'rewinds', 'last_change', 'last_plateau', 'best_ema', 'best_step'): setattr(self, k, sd[k])
     self.mult, self.skipped, self.pending, dev = dict(sd['mult']), [list(s) for s in sd['skipped']], [], self.learn.device
     if 'buf' not in sd: self.buf = None; return
     if sd['buf'].shape[1] != self.window:
@@ -305,28 +305,30 @@ def _good_checkpoint(self:LossTrendCallback, last:int, load:bool) -> Path|None:
         return p
     return None
 
+def _why(i:dict) -> str:
+    if i['reason'] == 'rising': return f"the loss EMA ({i['loss_ema']:.4g}) was {(i['loss_ema'] / i['best_ema'] - 1):.1%} above its best ({i['best_ema']:.4g} at step {i['best_step']})"
+    return f"the loss ({i['loss']:.3g}) had been above its trend ({i['expected']:.3g}) for {i['high_steps']} steps"
+
 @patch
-def _diverged(self:LossTrendCallback, r:dict):
-    "Rewind (or lower the LR if no checkpoint fits); raise `DivergenceError` once `max_rewinds` are spent"
-    first = r['step'] - int(r['run']) + 1
-    info = dict(loss=r['loss'], expected=r['expected'], high_steps=int(r['run']), first_high_step=first)
+def _diverged(self:LossTrendCallback, last_good:int, **info):
+    "Rewind to a checkpoint at or before `last_good` (or lower the LR if none fits); raise `DivergenceError` once `max_rewinds` are spent"
     rec = getattr(self.learn, 'recorder', None)
     if rec is not None: rec.flush()                      # rows of the abandoned stretch, before any state is restored
     if self.rewinds >= self.max_rewinds:
-        good = self._good_checkpoint(first - 1, load=False)
+        good = self._good_checkpoint(last_good, load=False)
         self._event('diverged', rewinds=self.rewinds, latest=good.name if good else None, **info)
-        raise DivergenceError(f"training diverged: at step {self.step} the loss ({r['loss']:.3g}) had been above its trend "
-                              f"({r['expected']:.3g}) for {int(r['run'])} steps, after {self.rewinds} rewinds"
+        raise DivergenceError(f"training diverged: at step {self.step} {_why(info)}, after {self.rewinds} rewinds"
                               + (f"; checkpoints/latest is now {good.name}" if good else '') + "; resume with a lower learning rate")
     keep = dict(rewinds=self.rewinds + 1, skipped=[list(s) for s in self.skipped], rewind_mult=self.mult['rewind'])
     from_step, k_now, old = self.step, self.learn.sampler.k, self.lr_mult
-    path = self._good_checkpoint(first - 1, load=True)  # restores every callback's state, this one's included
+    path = self._good_checkpoint(last_good, load=True)  # restores every callback's state, this one's included
     self.rewinds, self.skipped, self.mult['rewind'] = keep['rewinds'], keep['skipped'], keep['rewind_mult']
     self.spikes, self.pending = [], []                  # already logged in the abandoned stretch
     self._change('rewind', self.lr_factor)
     if path is None:
         self.run.zero_()
-        return self._event('lr_down', reason='diverged', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
+        if info['reason'] == 'rising': self.best_ema, self.best_step = info['loss_ema'], self.step   # the new level is the reference now
+        return self._event('lr_down', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
     k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now   # skip the batches seen since the checkpoint
     self.skipped.append([k_ck, k_now])
     if rec is not None: rec.step_last = self.step       # the next row's step time counts from here
