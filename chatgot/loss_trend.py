@@ -7,13 +7,14 @@ Docs: https://chatgot.github.io/chatgot/loss_trend.html.md"""
 # %% ../nbs/07_loss_trend.ipynb #8b5a0ed0
 from __future__ import annotations
 import math, shutil, sys
+from pathlib import Path
 import torch
+from fastcore.basics import patch, store_attr
 from .learner import Callback, CancelStepException
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, _write_text_atomic
+from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, verify_checkpoint, _write_text_atomic
 
 # %% auto #0
-__all__ = ['robust_trend', 'DivergenceError', 'LossTrendCallback', 'ScriptedLearner', 'before_opt_step', 'check', 'after_step',
-           'after_fit', 'noisy', 'state_dict', 'load_state_dict']
+__all__ = ['robust_trend', 'DivergenceError', 'LossTrendCallback', 'ScriptedLearner', 'noisy', 'InjectSpikes']
 
 # %% ../nbs/07_loss_trend.ipynb #b9dd892c
 def robust_trend(x:torch.Tensor # (series, n) values, oldest first; NaN marks a missing value
@@ -32,10 +33,11 @@ class DivergenceError(RuntimeError):
     "The loss diverged again after the allowed number of rewinds"
 
 _F = 'loss grad_norm median expected deviation z grad_median grad_expected grad_deviation grad_z action scale loss_ema slope run'.split()
+_ACTIONS = {1: 'clip', 2: 'skip', 3: 'nonfinite'}
 
 class LossTrendCallback(Callback):
     "Bias-corrected loss EMA and robust trend on the device; skips or clips spikes, adjusts the LR, rewinds on divergence"
-    order = 20  # after the Recorder (-10) has queued the step, before checkpoints (90) are written
+    order = 20  # after MixedPrecision (-5) has flagged the step, before checkpoints (90) are written
     def __init__(self, window:int=256,      # steps in the rolling window of loss and gradient norm
                  min_samples:int=32,        # no anomaly decision before this many steps are in the window
                  k:float=6.0,               # loss this many robust σ above its trend: skip the step
@@ -46,21 +48,26 @@ class LossTrendCallback(Callback):
                  lr_factor:float=0.5,       # each LR reduction multiplies the LR by this
                  min_lr_mult:float=0.1,     # the LR never goes below this fraction of the schedule
                  max_spikes:int=2,          # this many spikes within `spike_window` steps lower the LR
-                 spike_window:int=100,
-                 calm_steps:int=100,        # steps without a spike before the LR climbs back one factor
+                 spike_window:int=100,      # steps over which spikes are counted
+                 calm_steps:int=100,        # steps without a spike or change before the LR climbs back one factor
                  plateau_tol:float=0.01,    # relative loss drop over a full window below this is a plateau
                  lr_on_plateau:bool=False,  # lower the LR on a plateau (at most once per window)
+                 rise_tol:float=0.02,       # loss EMA this fraction above its best value counts as divergence
                  diverge_steps:int=20,      # consecutive high steps that count as divergence
-                 max_rewinds:int=3,         # rewinds allowed before `DivergenceError`
+                 max_rewinds:int=3,         # rewinds (or LR cuts without a checkpoint) before `DivergenceError`
                  check_every:int|None=None):# host checks every N steps (None: the Recorder's `log_every`)
-        assert min_samples >= 8 and window >= min_samples and 0 < lr_factor < 1 and 0 < min_lr_mult <= 1
-        for k_, v in list(locals().items()):
-            if k_ not in ('self', '__class__'): setattr(self, k_, v)
-        self.buf = None
-        self.n_seen, self.pending, self.spikes, self.rewinds, self.skipped = 0, [], [], 0, []
+        if not 8 <= min_samples <= window: raise ValueError(f"need 8 <= min_samples <= window, got min_samples={min_samples}, window={window}")
+        if not (0 < lr_factor < 1 and 0 < min_lr_mult <= 1): raise ValueError(f"need 0 < lr_factor < 1 and 0 < min_lr_mult <= 1, got {lr_factor}, {min_lr_mult}")
+        if not (k > 0 and clip_k > 0 and div_k > 0 and rise_tol > 0 and 0 < beta < 1):
+            raise ValueError(f"k, clip_k, div_k, rise_tol must be positive and beta in (0, 1), got {k}, {clip_k}, {div_k}, {rise_tol}, {beta}")
+        if min(max_spikes, spike_window, calm_steps, diverge_steps) < 1 or max_rewinds < 0 or (check_every is not None and check_every < 1):
+            raise ValueError("max_spikes, spike_window, calm_steps, diverge_steps and check_every must be >= 1, max_rewinds >= 0")
+        store_attr()
+        self.buf, self.n_seen, self.pending, self.spikes, self.rewinds, self.skipped = None, 0, [], [], 0, []
         self.mult = dict(spike=1., plateau=1., rewind=1.)
-        self.last_change = self.last_plateau = 0
-        self.plateau, self.slope = False, float('nan')
+        self.last_change = self.last_plateau = self.best_step = 0
+        self.best_ema = math.inf
+        self.plateau, self.slope, self._judged = False, float('nan'), False
 
     @property
     def lr_mult(self) -> float:
@@ -73,6 +80,9 @@ class LossTrendCallback(Callback):
 
     def before_fit(self):
         if self.buf is None: self._init_device()
+        d = self.learn.device  # constants made once, so the step copies nothing from the host
+        self._ks, self._nan = torch.tensor([self.k, self.clip_k], device=d), torch.full((2,), float('nan'), device=d)
+        self._no, self._zero, self._three = torch.zeros((), dtype=torch.bool, device=d), torch.zeros((), device=d), torch.full((), 3., device=d)
         self.every = self.check_every or getattr(getattr(self.learn, 'recorder', None), 'log_every', 10)
 
 # %% ../nbs/07_loss_trend.ipynb #db03a8be
@@ -112,94 +122,134 @@ class ScriptedLearner:
             self.grad_norm = torch.tensor(float(1.0 if grad_norms is None else grad_norms[i]))
             self.model.weight.grad = torch.ones_like(self.model.weight)
             try: self('before_opt_step')
-            except CancelStepException: pass
+            except CancelStepException: self('after_cancel_step')
             self.lrs.append(self.cur_lr); self.scales.append(self.model.weight.grad[0, 0].item())
             self.step += 1; self.sampler.k += 1
             self('after_step')
         self('after_fit')
         return self
 
+def noisy(n:int, level:float=3.0, sd:float=0.03, slope:float=0.0, seed:int=0) -> list:
+    "A scripted loss (or gradient-norm) sequence: `level + slope*t` plus seeded Gaussian noise"
+    g = torch.Generator().manual_seed(seed)
+    return (level + slope * torch.arange(n) + sd * torch.randn(n, generator=g)).tolist()
+
 # %% ../nbs/07_loss_trend.ipynb #88d026e9
+@patch
 def _judge(self:LossTrendCallback, x:torch.Tensor):
-    "Trend, z-scores, thresholds and the step's action, all as device tensors"
+    "Median, slope, expected value, σ, z-score and thresholds of loss and gradient norm, as device tensors"
     n, W = min(self.n_seen, self.window), self.window
     p = self.n_seen % W
     win = self.buf[:, :n] if self.n_seen < W else torch.cat([self.buf[:, p:], self.buf[:, :p]], 1)
     med, slope, pred, dev = robust_trend(win)
     dev = torch.maximum(dev, self.rel_floor * pred.abs() + 1e-8)
-    z = (x - pred) / dev
-    thr = pred + torch.tensor([self.k, self.clip_k], device=x.device) * dev
-    return med, slope, pred, dev, z, thr
-LossTrendCallback._judge = _judge
+    return med, slope, pred, dev, (x - pred) / dev, pred + self._ks * dev
 
-# %% ../nbs/07_loss_trend.ipynb #b3e505a7
-def before_opt_step(self:LossTrendCallback):
-    loss, gn = self.step_loss.detach().float(), self.grad_norm.detach().float()
-    x, nan = torch.stack([loss, gn]), torch.full((2,), float('nan'), device=loss.device)
-    finite = x.isfinite().all()
-    if self.n_seen >= self.min_samples:
-        med, slope, pred, dev, z, thr = self._judge(x)
-        skip = ~finite | (z[0] > self.k)
-        clip = ~skip & (z[1] > self.clip_k)
-        now = gn.clamp(max=self.grad_clip) if self.grad_clip else gn
-        scale = torch.where(skip, 0., torch.where(clip, (thr[1] / now).clamp(max=1.), 1.))
-        high = ~loss.isfinite() | (z[0] > self.div_k)
-        val = torch.where(x > thr, thr, x)                 # winsorized (NaN stays NaN)
-    else:
-        med = slope = pred = dev = z = nan
-        skip, clip = ~finite, torch.zeros((), dtype=torch.bool, device=x.device)
-        scale, high, val = torch.where(skip, 0., 1.), ~loss.isfinite(), x
+@patch
+def _drop_or_scale(self:LossTrendCallback, scale:torch.Tensor, drop:torch.Tensor):
+    "Multiply the gradients by `scale` (NaN -> 0); a fused optimizer also skips its update exactly when `drop`"
     grads = [q.grad for q in self.learn.model.parameters() if q.grad is not None]
     if grads:
         torch._foreach_mul_(grads, scale)
-        for g in grads: g.nan_to_num_(0., 0., 0.)         # a skipped non-finite gradient becomes 0, not 0*NaN
-    self.buf[:, self.n_seen % self.window] = torch.where(val.isfinite(), val, float('nan'))
+        for g in grads: g.nan_to_num_(0., 0., 0.)   # a dropped non-finite gradient becomes 0, not 0*NaN
+    opt = getattr(self.learn, 'opt', None)
+    if getattr(opt, '_step_supports_amp_scaling', False):
+        fi = getattr(opt, 'found_inf', None)        # MixedPrecision's flag, if it set one this step
+        opt.found_inf = drop.float() if fi is None else torch.maximum(fi, drop.float())
+
+# %% ../nbs/07_loss_trend.ipynb #b3e505a7
+@patch
+def before_opt_step(self:LossTrendCallback):
+    "Judge the step, skip or clip it, update EMA and window, queue its numbers: all on the device"
+    loss, gn = self.step_loss.detach().float(), self.grad_norm.detach().float()
+    x = torch.stack([loss, gn])
+    bad = ~x.isfinite().all()                          # dropped, but not a spike (see above)
+    if self.n_seen >= self.min_samples:
+        med, slope, pred, dev, z, thr = self._judge(x)
+        now = gn.clamp(max=self.grad_clip) if self.grad_clip else gn   # the norm after the Learner's clip
+        above = loss > med[0]                          # and above the window's median: see below
+        skip = ~bad & above & (z[0] > self.k)
+        clip = ~bad & ~skip & (thr[1] < now)           # z > clip_k, and the threshold is tighter than the Learner's clip
+        scale = torch.where(bad | skip, 0., torch.where(clip, (thr[1] / now).clamp(max=1.), 1.))
+        high = ~loss.isfinite() | (above & (z[0] > self.div_k))
+        x = torch.minimum(x, thr)                      # a clipped gradient norm enters at its threshold
+    else:
+        med = slope = pred = dev = z = self._nan
+        skip = clip = self._no
+        scale, high = torch.where(bad, 0., 1.), ~loss.isfinite()
+    self._drop_or_scale(scale, bad | skip)
+    self.buf[:, self.n_seen % self.window] = torch.where(bad | skip, self._nan, x)   # a skipped step stays out of the window
     self.n_seen += 1
-    upd = loss.isfinite() & ~skip
+    upd = ~bad & ~skip
     self.ema = torch.where(upd, self.beta * self.ema + (1 - self.beta) * loss, self.ema)
     self.ema_w = torch.where(upd, self.beta * self.ema_w + (1 - self.beta), self.ema_w)
     self.learn.loss_ema = self.ema / self.ema_w
     self.run = torch.where(high, self.run + 1, 0.)
-    self.pending.append((self.step, torch.stack([loss, gn, med[0], pred[0], dev[0], z[0], med[1], pred[1], dev[1], z[1],
-                                                 skip.float() * 2 + clip.float(), scale, self.learn.loss_ema, slope[0], self.run])))
+    action = torch.where(bad, 3., skip.float() * 2 + clip.float())
+    self._queue(loss, gn, med, pred, dev, z, action, scale, slope[0])
+    self._judged = True
     self.learn.set_lr(self.cur_lr * self.lr_mult)
-LossTrendCallback.before_opt_step = before_opt_step
+
+@patch
+def _queue(self:LossTrendCallback, loss, gn, med, pred, dev, z, action, scale, slope):
+    "Queue the step's numbers (one device tensor in `_F` order) under its step number"
+    self.pending.append((self.step + 1, torch.stack([loss, gn, med[0], pred[0], dev[0], z[0], med[1], pred[1], dev[1], z[1],
+                                                     action, scale, self.learn.loss_ema, slope, self.run])))
+
+@patch
+def after_cancel_step(self:LossTrendCallback):
+    "A step cancelled before it was judged (MixedPrecision's skip on a non-fused optimizer): a non-finite loss still counts toward divergence"
+    if self._judged: return
+    loss, gn = self.step_loss.detach().float(), self.grad_norm.detach().float()
+    self.run = self.run + (~loss.isfinite()).float()
+    self._queue(loss, gn, self._nan, self._nan, self._nan, self._nan, self._three, self._zero, self._nan[0])
 
 # %% ../nbs/07_loss_trend.ipynb #6bfef526
+@patch
 def _event(self:LossTrendCallback, name, **info):
     if hasattr(self.learn, 'recorder'): self.learn.recorder.event(name, **info)
 
+@patch
 def _read(self:LossTrendCallback) -> dict|None:
     "Copy the queued per-step values to the host in one transfer, log spikes, update `plateau`; the newest row"
     if not self.pending: return None
     steps, vals = [s for s, _ in self.pending], torch.stack([v for _, v in self.pending]).cpu().tolist()
     self.pending = []
-    for s, v in zip(steps, vals):
-        r = dict(zip(_F, v))
-        if r['action'] > 0:
-            self.spikes.append(s)
-            self._event('spike', step=s, action='skip' if r['action'] == 2 else 'clip', **{k: r[k] for k in _F[:12] if k != 'action'})
-    r = dict(zip(_F, vals[-1]), step=steps[-1])
-    self.slope, full = r['slope'], self.n_seen >= self.window
-    self.plateau = bool(full and math.isfinite(self.slope) and -self.slope * self.window < self.plateau_tol * abs(r['median']))
-    return r
+    rows = [dict(zip(_F, v), step=s) for s, v in zip(steps, vals)]
+    for r in rows:
+        if r['action'] in (1, 2):
+            if r['action'] == 2: self.spikes.append(r['step'])   # loss spikes count toward lr_down; a clip already did its job
+            self._event('spike', action=_ACTIONS[r['action']], **{k: r[k] for k in ['step'] + _F[:10] + ['scale']})
+    judged = [r for r in rows if math.isfinite(r['median'])]
+    if judged:
+        self.slope, full = judged[-1]['slope'], self.n_seen >= self.window
+        self.plateau = bool(full and math.isfinite(self.slope) and -self.slope * self.window < self.plateau_tol * abs(judged[-1]['median']))
+    return rows[-1]
 
+@patch
 def _change(self:LossTrendCallback, which:str, f:float, name:str|None=None, **info):
-    "Multiply factor `which` by `f`, keeping the product within bounds; log event `name` if the LR changed"
-    old, others = self.lr_mult, math.prod(v for k, v in self.mult.items() if k != which)
-    self.mult[which] = min(1., max(self.mult[which] * f, self.min_lr_mult / others))
+    "Multiply factor `which` by `f` (each factor stays in [min_lr_mult, 1]); log event `name` if the LR changed"
+    old = self.lr_mult
+    self.mult[which] = min(1., max(self.mult[which] * f, self.min_lr_mult))
     self.last_change = self.step
     if name and self.lr_mult != old: self._event(name, lr_mult=self.lr_mult, lr_mult_before=old, **info)
 
+@patch
 def check(self:LossTrendCallback):
     "At a check interval: read the device values, then apply the divergence, LR and plateau rules"
     r = self._read()
     if r is None: return
-    if r['run'] >= self.diverge_steps: return self._diverged(r, start=self.step - int(r['run']))
-    self.spikes = [s for s in self.spikes if s >= self.step - max(self.spike_window, self.calm_steps)]
-    recent = [s for s in self.spikes if s >= self.step - self.spike_window]
+    if r['run'] >= self.diverge_steps:
+        first = r['step'] - int(r['run']) + 1
+        return self._diverged(first - 1, reason='diverged', loss=r['loss'], expected=r['expected'], high_steps=int(r['run']), first_high_step=first)
+    ema = r['loss_ema']
+    if ema < self.best_ema: self.best_ema, self.best_step = ema, r['step']
+    if self.n_seen >= self.min_samples and ema > self.best_ema * (1 + self.rise_tol):
+        return self._diverged(self.best_step, reason='rising', loss_ema=ema, best_ema=self.best_ema, best_step=self.best_step)
+    self.spikes = [s for s in self.spikes if s > self.step - max(self.spike_window, self.calm_steps)]
+    recent = [s for s in self.spikes if s > self.step - self.spike_window]
     if len(recent) >= self.max_spikes:
-        self._change('spike', self.lr_factor, 'lr_down', reason='spikes', spikes=len(recent))
+        self._change('spike', self.lr_factor, 'lr_down', reason='spikes', spike_steps=recent)
         self.spikes = []
     elif self.mult['spike'] < 1 and self.step - max([self.last_change] + self.spikes) >= self.calm_steps:
         self._change('spike', 1 / self.lr_factor, 'lr_up', reason='calm')
@@ -207,73 +257,31 @@ def check(self:LossTrendCallback):
         self.last_plateau = self.step
         self._change('plateau', self.lr_factor, 'lr_down', reason='plateau', slope=self.slope)
 
+@patch
 def after_step(self:LossTrendCallback):
+    if (opt := getattr(self.learn, 'opt', None)) is not None: opt.__dict__.pop('found_inf', None)
+    self._judged = False
     if self.step % self.every == 0: self.check()
+
+@patch
 def after_fit(self:LossTrendCallback): self._read()
 
-for f in (_event, _read, _change, check, after_step, after_fit): setattr(LossTrendCallback, f.__name__, f)
-
-# %% ../nbs/07_loss_trend.ipynb #7abde0be
-def noisy(n:int, level:float=3.0, sd:float=0.03, slope:float=0.0, seed:int=0) -> list:
-    "A scripted loss (or gradient-norm) sequence: `level + slope*t` plus seeded Gaussian noise"
-    g = torch.Generator().manual_seed(seed)
-    return (level + slope * torch.arange(n) + sd * torch.randn(n, generator=g)).tolist()
-
-# %% ../nbs/07_loss_trend.ipynb #1b62f652
-def _load_before(self:LossTrendCallback, start:int):
-    "Load the newest good checkpoint at or before step `start` and delete newer ones; its path, or None"
-    ck = getattr(self.learn, 'checkpoint', None)
-    if ck is None: return None
-    for p in list_checkpoints(ck.ckpt_dir):
-        if int(p.name.split('-')[1]) > start: continue
-        try: load_checkpoint(self.learn, p)
-        except CheckpointError as e: print(f"warning: rewind cannot use {p.name}: {e}", file=sys.stderr); continue
-        for q in list_checkpoints(ck.ckpt_dir):
-            if q.name > p.name: shutil.rmtree(q)  # written during the diverged stretch
-        _write_text_atomic(ck.ckpt_dir/'latest', p.name + '\n')
-        ck.saved_step = self.step
-        if hasattr(self.learn, 'recorder'): self.learn.recorder.step_last = self.step  # step time of the next row
-        return p
-    return None
-
-def _diverged(self:LossTrendCallback, r:dict, start:int):
-    "Rewind (or lower the LR if no checkpoint fits); raise `DivergenceError` once `max_rewinds` are spent"
-    info = dict(loss=r['loss'], expected=r['expected'], high_steps=int(r['run']))
-    if self.rewinds >= self.max_rewinds:
-        self._event('diverged', rewinds=self.rewinds, **info)
-        if hasattr(self.learn, 'recorder'): self.learn.recorder.flush()
-        raise DivergenceError(f"training diverged: at step {self.step} the loss ({r['loss']:.3g}) had been above its trend "
-                              f"({r['expected']:.3g}) for {int(r['run'])} steps, after {self.rewinds} rewinds; lower the learning rate")
-    keep = dict(rewinds=self.rewinds + 1, mult=dict(self.mult), skipped=[list(s) for s in self.skipped])
-    step, k_now, old = self.step, self.learn.sampler.k, self.lr_mult
-    path = self._load_before(start)          # restores every callback's state, this one's included
-    self.__dict__.update(keep)
-    self.spikes, self.pending = [], []
-    self._change('rewind', self.lr_factor)
-    if path is None:
-        self.run.zero_()
-        return self._event('lr_down', reason='diverged', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
-    k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now   # skip the batches seen since the checkpoint
-    self.skipped.append([k_ck, k_now])
-    self._event('rewind', step=step, to_step=self.step, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
-                lr_mult_before=old, rewinds=self.rewinds, **info)
-
-for f in (_load_before, _diverged): setattr(LossTrendCallback, f.__name__, f)
-
 # %% ../nbs/07_loss_trend.ipynb #890719da
+@patch
 def state_dict(self:LossTrendCallback) -> dict:
-    "Window, EMA, counters, queued steps, LR factors and rewinds, as tensors and plain values"
+    "Window, EMA, counters, LR factors and rewinds, as tensors and plain values (the queue is read and logged first)"
+    self._read()
     sd = dict(n_seen=self.n_seen, spikes=list(self.spikes), mult=dict(self.mult), rewinds=self.rewinds,
               skipped=[list(s) for s in self.skipped], last_change=self.last_change, last_plateau=self.last_plateau,
-              pending_steps=[s for s, _ in self.pending],
-              pending=torch.stack([v for _, v in self.pending]).cpu() if self.pending else torch.zeros(0, len(_F)))
+              best_ema=self.best_ema, best_step=self.best_step)
     if self.buf is not None: sd.update(buf=self.buf.cpu(), ema=self.ema.cpu(), ema_w=self.ema_w.cpu(), run=self.run.cpu())
     return sd
 
+@patch
 def load_state_dict(self:LossTrendCallback, sd:dict):
-    for k in ('n_seen', 'spikes', 'rewinds', 'last_change', 'last_plateau'): setattr(self, k, sd[k])
-    self.mult, self.skipped, dev = dict(sd['mult']), [list(s) for s in sd['skipped']], self.learn.device
-    self.pending = [(s, v.to(dev)) for s, v in zip(sd['pending_steps'], sd['pending'])]
+    "Restore what `state_dict` captured, on the learner's device"
+    for k in ('n_seen', 'spikes', 'rewinds', 'last_change', 'last_plateau', 'best_ema', 'best_step'): setattr(self, k, sd[k])
+    self.mult, self.skipped, self.pending, dev = dict(sd['mult']), [list(s) for s in sd['skipped']], [], self.learn.device
     if 'buf' not in sd: self.buf = None; return
     if sd['buf'].shape[1] != self.window:
         print(f"warning: loss-trend window changed ({sd['buf'].shape[1]} -> {self.window}); its statistics start again", file=sys.stderr)
@@ -281,4 +289,65 @@ def load_state_dict(self:LossTrendCallback, sd:dict):
     self.buf, self.ema, self.ema_w, self.run = (sd[k].to(dev) for k in ('buf', 'ema', 'ema_w', 'run'))
     self.learn.loss_ema = self.ema / self.ema_w
 
-for f in (state_dict, load_state_dict): setattr(LossTrendCallback, f.__name__, f)
+# %% ../nbs/07_loss_trend.ipynb #1b62f652
+@patch
+def _good_checkpoint(self:LossTrendCallback, last:int, load:bool) -> Path|None:
+    "The newest checkpoint at or before step `last` that verifies (and loads, if `load`); newer ones are deleted"
+    ck = getattr(self.learn, 'checkpoint', None)
+    if ck is None: return None
+    for p in list_checkpoints(ck.ckpt_dir):
+        if int(p.name.split('-')[1]) > last: continue
+        try: load_checkpoint(self.learn, p) if load else verify_checkpoint(p)
+        except CheckpointError as e: print(f"warning: cannot use {p.name}: {e}", file=sys.stderr); continue
+        for q in list_checkpoints(ck.ckpt_dir):
+            if q.name > p.name: shutil.rmtree(q)        # written during the diverged stretch
+        _write_text_atomic(ck.ckpt_dir/'latest', p.name + '\n')
+        return p
+    return None
+
+def _why(i:dict) -> str:
+    if i['reason'] == 'rising': return f"the loss EMA ({i['loss_ema']:.4g}) was {(i['loss_ema'] / i['best_ema'] - 1):.1%} above its best ({i['best_ema']:.4g} at step {i['best_step']})"
+    return f"the loss ({i['loss']:.3g}) had been above its trend ({i['expected']:.3g}) for {i['high_steps']} steps"
+
+@patch
+def _diverged(self:LossTrendCallback, last_good:int, **info):
+    "Rewind to a checkpoint at or before `last_good` (or lower the LR if none fits); raise `DivergenceError` once `max_rewinds` are spent"
+    rec = getattr(self.learn, 'recorder', None)
+    if rec is not None: rec.flush()                      # rows of the abandoned stretch, before any state is restored
+    if self.rewinds >= self.max_rewinds:
+        good = self._good_checkpoint(last_good, load=False)
+        self._event('diverged', rewinds=self.rewinds, latest=good.name if good else None, **info)
+        raise DivergenceError(f"training diverged: at step {self.step} {_why(info)}, after {self.rewinds} rewinds"
+                              + (f"; checkpoints/latest is now {good.name}" if good else '') + "; resume with a lower learning rate")
+    keep = dict(rewinds=self.rewinds + 1, skipped=[list(s) for s in self.skipped], rewind_mult=self.mult['rewind'])
+    from_step, k_now, old = self.step, self.learn.sampler.k, self.lr_mult
+    path = self._good_checkpoint(last_good, load=True)  # restores every callback's state, this one's included
+    self.rewinds, self.skipped, self.mult['rewind'] = keep['rewinds'], keep['skipped'], keep['rewind_mult']
+    self.spikes, self.pending = [], []                  # already logged in the abandoned stretch
+    self._change('rewind', self.lr_factor)
+    if path is None:
+        self.run.zero_()
+        if info['reason'] == 'rising': self.best_ema, self.best_step = info['loss_ema'], self.step   # the new level is the reference now
+        return self._event('lr_down', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
+    k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now   # skip the batches seen since the checkpoint
+    self.skipped.append([k_ck, k_now])
+    if rec is not None: rec.step_last = self.step       # the next row's step time counts from here
+    self._event('rewind', from_step=from_step, checkpoint=path.name, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
+                lr_mult_before=old, rewinds=self.rewinds, **info)
+    ck = self.learn.checkpoint
+    ck.saved_step = None; ck.save()                     # the same step again, now with the rewind in it
+
+# %% ../nbs/07_loss_trend.ipynb #6a2cbd48
+class InjectSpikes(Callback):
+    "Corrupt chosen batches (random tokens) or multiply their loss, for checks and demos"
+    order = -20
+    def __init__(self, at:dict): # {batch number (1-based; the step number when there is no rewind): 'random' | loss factor}
+        self.at = at
+    def before_micro_batch(self):
+        if self.at.get(self.learn.sampler.k) != 'random': return
+        g = torch.Generator().manual_seed(self.learn.sampler.k)
+        V = self.learn.model.config.vocab_size
+        self.learn.mb_x, self.learn.mb_y = (torch.randint(0, V, t.shape, generator=g).to(t.device) for t in (self.mb_x, self.mb_y))
+    def after_loss(self):
+        f = self.at.get(self.learn.sampler.k)
+        if isinstance(f, (int, float)): self.learn.loss = self.loss * f
