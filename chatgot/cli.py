@@ -11,7 +11,7 @@ from fastcore.script import anno_parser
 from .train import train
 
 # %% auto #0
-__all__ = ['COMMANDS', 'train_cmd', 'main']
+__all__ = ['COMMANDS', 'train_cmd', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'main']
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
@@ -45,6 +45,52 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
     return 130 if learn.checkpoint.interrupted else 0
 
 COMMANDS = {'train': train_cmd}
+
+# %% ../nbs/11_cli.ipynb #db06d6e2
+from .sampling import DEFAULT_PROMPT, chat, default_speaker, evaluate_checkpoint, format_eval, generate_text, load_model, make_processors
+
+# %% ../nbs/11_cli.ipynb #a3c2a659
+def _need_ckpt(ckpt):
+    if not ckpt: raise ValueError("--ckpt DIR is required (a run folder or one checkpoint folder)")
+    return ckpt
+
+def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoint) or one checkpoint folder
+                 prompt:str=None,       # text to continue (default: the start of a speaker's turn)
+                 max_new_tokens:int=200,# most tokens to generate
+                 temperature:float=0.8, # 0 is greedy
+                 top_k:int=None,        # keep only the k most likely tokens
+                 top_p:float=None,      # nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]
+                 min_p:float=None,      # drop tokens below this fraction of the top token's probability
+                 repetition_penalty:float=None, # CTRL penalty on tokens of the last 64 generated (1: off)
+                 seed:int=None,         # the same seed gives the same text
+                 debug:bool=False):     # show tracebacks
+    "Print text sampled from a checkpoint, ending at a complete sentence"
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
+    make_processors(**sampling)
+    if max_new_tokens < 1: raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
+    model, tok, _ = load_model(_need_ckpt(ckpt))
+    text = generate_text(model, tok, prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens, trim='sentence', seed=seed, **sampling)[0]
+    print((prompt or '') + text)
+    return 0
+
+def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder
+             as_name:str=None, # the character the model plays, given as --as NAME (default: the corpus's most frequent speaker)
+             debug:bool=False):# show tracebacks
+    "Talk with a checkpoint on stdin: each line is your turn, the model answers in character; /quit or EOF ends"
+    model, tok, meta = load_model(_need_ckpt(ckpt))
+    name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
+    if not name: raise ValueError("--as needs a character name")
+    chat(model, tok, name)
+    return 0
+
+def eval_cmd(ckpt:str=None, # a run folder or one checkpoint folder
+             data:str=None, # corpus to evaluate on (default: the run's --data)
+             debug:bool=False): # show tracebacks
+    "Print validation loss, bits per byte, and diversity metrics of samples next to the corpus's own"
+    print(format_eval(evaluate_checkpoint(_need_ckpt(ckpt), data)))
+    return 0
+
+COMMANDS.update(generate=generate_cmd, chat=chat_cmd, eval=eval_cmd)
 
 # %% ../nbs/11_cli.ipynb #7772f597
 def _usage():
