@@ -11,7 +11,7 @@ from fastcore.script import anno_parser
 from .train import train
 
 # %% auto #0
-__all__ = ['COMMANDS', 'train_cmd', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'main']
+__all__ = ['COMMANDS', 'train_cmd', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'main']
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
@@ -37,10 +37,13 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               log_every:int=None,   # steps between metric flushes
               precision:str=None,   # auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it)
               grad_checkpoint:bool=False, # recompute activations in backward to save memory
+              no_loss_trend:bool=False, # do not skip loss spikes, adjust the LR or rewind on divergence
+              sample_every:int=None,# steps between in-training samples written to samples.jsonl (0: none)
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
-    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug')}
+    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}
     flags['grad_checkpoint'] = grad_checkpoint or None  # not given: the stored value on --resume
+    flags['loss_trend'] = False if no_loss_trend else None
     learn = train(out=out, resume=resume, **flags)
     return 130 if learn.checkpoint.interrupted else 0
 
@@ -92,6 +95,20 @@ def eval_cmd(ckpt:str=None, # a run folder or one checkpoint folder
 
 COMMANDS.update(generate=generate_cmd, chat=chat_cmd, eval=eval_cmd)
 
+# %% ../nbs/11_cli.ipynb #5fb2239d
+from .eta import plot_run
+
+# %% ../nbs/11_cli.ipynb #7dc2ad25
+def plot_cmd(run_dir:str=None,     # a run folder holding metrics.jsonl
+             debug:bool=False): # show tracebacks
+    "Draw RUN_DIR/plot.png from RUN_DIR/metrics.jsonl and print its path"
+    if not run_dir: raise ValueError("give the run folder: chatgot plot RUN_DIR")
+    print(plot_run(run_dir))
+    return 0
+
+plot_cmd.positional = ['run_dir']  # `chatgot plot RUN_DIR`, no flag name
+COMMANDS['plot'] = plot_cmd
+
 # %% ../nbs/11_cli.ipynb #7772f597
 def _usage():
     return "usage: chatgot {" + ','.join(COMMANDS) + "} [flags]   (chatgot COMMAND --help for its flags)"
@@ -107,7 +124,7 @@ def main(argv=None) -> int:
         print(f"chatgot: error: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     f = COMMANDS[cmd]
-    p = anno_parser(f, prog=f'chatgot {cmd}')
+    p = anno_parser(f, prog=f'chatgot {cmd}', pos=getattr(f, 'positional', None))
     def error(msg):  # argparse's own usage errors: one line too, exit 2
         print(f"chatgot {cmd}: error: {msg} (chatgot {cmd} --help lists the flags)", file=sys.stderr); sys.exit(2)
     p.error = error

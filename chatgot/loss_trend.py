@@ -84,6 +84,7 @@ class LossTrendCallback(Callback):
         self._ks, self._nan = torch.tensor([self.k, self.clip_k], device=d), torch.full((2,), float('nan'), device=d)
         self._no, self._zero, self._three = torch.zeros((), dtype=torch.bool, device=d), torch.zeros((), device=d), torch.full((), 3., device=d)
         self.every = self.check_every or getattr(getattr(self.learn, 'recorder', None), 'log_every', 10)
+        self.learn.loss_ema = self.ema / self.ema_w  # NaN until a step is accepted; a step cancelled first still queues it
 
 # %% ../nbs/07_loss_trend.ipynb #db03a8be
 class _Rows:

@@ -16,6 +16,7 @@ from .grad_ckpt import GradCheckpointCallback, as_switch
 from .learner import Learner
 from .loss_trend import LossTrendCallback
 from .precision import MixedPrecision, resolve_precision
+from .sampling import SampleCallback
 from .model import GPT, PRESETS, preset_config
 
 # %% auto #0
@@ -34,7 +35,7 @@ class UsageError(ValueError):
 # %% ../nbs/10_train.ipynb #c2d8e737
 FLAGS = ('data', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
-         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint')
+         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every')
 
 def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     "Every flag's value: given, else stored (on resume), else the preset's default"
@@ -44,11 +45,12 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     p = PRESETS[preset]
     base = dict(data='builtin:shakespeare', preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=3,
-                log_every=10, precision='auto', grad_checkpoint=False, **TRAIN_DEFAULTS[preset])
+                log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0,
+                **TRAIN_DEFAULTS[preset])
     f = {**base, **f}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
         if not isinstance(f[k], int) or f[k] < 1: raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {f[k]!r}")
-    for k in ('warmup', 'eval_every', 'save_every', 'seed'):
+    for k in ('warmup', 'eval_every', 'save_every', 'seed', 'sample_every'):
         if not isinstance(f[k], int) or f[k] < 0: raise UsageError(f"--{k.replace('_', '-')} must be a non-negative integer, got {f[k]!r}")
     if not (isinstance(f['lr'], (int, float)) and 0 < f['lr'] < 1): raise UsageError(f"--lr must be in (0, 1), got {f['lr']!r}")
     if f['tokenizer'] not in ('bpe', 'char'): raise UsageError(f"--tokenizer must be bpe or char, got {f['tokenizer']!r}")
@@ -61,7 +63,10 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     if f['device'] == 'auto': f['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif f['device'] not in ('cpu', 'cuda') and not f['device'].startswith('cuda:'): raise UsageError(f"--device must be auto, cpu or cuda, got {f['device']!r}")
     if f['device'].startswith('cuda') and not torch.cuda.is_available(): raise UsageError("--device cuda was asked for but torch sees no CUDA device")
-    try: resolve_precision(f['precision'], f['device']); f['grad_checkpoint'] = as_switch(f['grad_checkpoint'], '--grad-checkpoint')
+    try:
+        resolve_precision(f['precision'], f['device'])
+        f['grad_checkpoint'] = as_switch(f['grad_checkpoint'], '--grad-checkpoint')
+        f['loss_trend'] = as_switch(f['loss_trend'], 'loss_trend')
     except ValueError as e: raise UsageError(str(e)) from None
     return {k: f.get(k) for k in FLAGS}
 
@@ -90,8 +95,10 @@ def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
 # %% ../nbs/10_train.ipynb #5ebbab89
 def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
     "The callbacks `train()` attaches for the resolved flags `f`"
-    cbs = [GradCheckpointCallback(f['grad_checkpoint']), EtaCallback(), MixedPrecision(f['precision'], verbose=not quiet), LossTrendCallback(),
+    cbs = [GradCheckpointCallback(f['grad_checkpoint']), EtaCallback(), MixedPrecision(f['precision'], verbose=not quiet),
            CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
+    if f['loss_trend']: cbs.append(LossTrendCallback())
+    if f['sample_every']: cbs.append(SampleCallback(every=f['sample_every'], quiet=quiet))
     return cbs + ([] if quiet else [ProgressCallback()])
 
 # %% ../nbs/10_train.ipynb #aa6e41e7
@@ -111,7 +118,8 @@ def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Lea
     config = dict(flags=f, model=dataclasses.asdict(mc), tokenizer=dict(kind=f['tokenizer'], vocab_size=data.vocab_size),
                   data=dict(source=data.source, train_tokens=len(data.train), val_tokens=len(data.val),
                             train_bytes=data.train_bytes, val_bytes=data.val_bytes))
-    learn = Learner(model, data, cbs=run_callbacks(f, out, config, quiet) + list(cbs),
+    mine = {type(c) for c in cbs}  # a callback passed in `cbs` replaces the default of its type
+    learn = Learner(model, data, cbs=[c for c in run_callbacks(f, out, config, quiet) if type(c) not in mine] + list(cbs),
                     lr=f['lr'], batch_size=f['batch_size'], seq_len=f['seq_len'],
                     micro_batch_size=None if f['micro_batch_size'] == 'auto' else f['micro_batch_size'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
