@@ -5,8 +5,10 @@ Targets (issue 4): checkpointing saves at least 50 % of the activation memory fo
 time, for `14m` at T=128 and T=256; one OOM-and-retry step costs at most twice a normal step.
 
 1. `grad_ckpt.measure_step` runs each configuration in a fresh process: peak memory of a forward/backward
-   above the model's own (CUDA allocator peak, or the CPU's VmHWM with large blocks given back to the system)
-   and the median step time over `--repeats` passes after an untimed one.
+   above the model's own (CUDA allocator peak, or the CPU's VmHWM with large blocks given back to the system,
+   `MALLOC_MMAP_THRESHOLD_`, which also makes its CPU times slower than real training's). The time that is
+   compared with the target is the median optimizer step of a Learner with the normal allocator, over
+   `--repeats` steps after an untimed one; measure_step's forward/backward times are kept in the JSON too.
 2. A `14m` Learner with the `MicroBatchController` times each optimizer step. In chosen steps `InjectOOM`
    fails the full micro-batch, either at the end of the forward pass (last block) or late in backward (the
    first block's gradient, nearly a whole forward and backward wasted); the controller halves and the
@@ -20,16 +22,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe
 from chatgot.batch_size import InjectOOM, MicroBatchController
 from chatgot.data import TokenData, token_bytes, train_tokenizer
-from chatgot.grad_ckpt import measure_step
+from chatgot.grad_ckpt import measure_step, set_gradient_checkpointing
 from chatgot.learner import Callback, Learner
 from chatgot.model import GPT, preset_config
+
+def learner_step_s(preset, batch_size, seq_len, grad_checkpoint, repeats, device):
+    "Median time of a whole optimizer step (forward, backward, clip, AdamW) of a Learner"
+    torch.manual_seed(0)
+    vocab = preset_config(preset, vocab_size=8192).vocab_size
+    m = GPT(preset_config(preset, vocab_size=vocab)); set_gradient_checkpointing(m, grad_checkpoint)
+    l = Learner(m, fake_data(vocab), cbs=[StepTimer()], batch_size=batch_size, seq_len=seq_len, eval_batches=1, device=device)
+    l.fit(1); l.steptimer.rows.clear()  # warm-up, not timed
+    l.fit(1 + repeats)
+    return statistics.median(dt for _, _, dt in l.steptimer.rows)
 
 def grad_ckpt_rows(preset, batch_size, seq_lens, repeats, device):
     rows = []
     for T in seq_lens:
         off, on = (measure_step(preset, T, batch_size, grad_checkpoint=g, steps=repeats + 1, device=device) for g in (False, True))
         row = dict(seq_len=T, batch_size=batch_size, peak_off=off['peak_bytes'], peak_on=on['peak_bytes'],
-                   act_off=off['act_bytes'], act_on=on['act_bytes'], step_off_s=off['step_s'], step_on_s=on['step_s'])
+                   act_off=off['act_bytes'], act_on=on['act_bytes'], fwd_bwd_off_s=off['step_s'], fwd_bwd_on_s=on['step_s'],
+                   step_off_s=learner_step_s(preset, batch_size, T, False, repeats, device),
+                   step_on_s=learner_step_s(preset, batch_size, T, True, repeats, device))
         row['act_saving_pct'] = 100 * (1 - row['act_on'] / row['act_off'])
         row['time_cost_pct'] = 100 * (row['step_on_s'] / row['step_off_s'] - 1)
         rows.append(row)
