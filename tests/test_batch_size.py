@@ -95,8 +95,9 @@ def test_no_retry_loop_when_nothing_fits(ckpt_before):
     assert inj.n_raised == len(size_ladder(16)) + (0 if ckpt_before else 1)
     assert [e['action'] for e in l.recorder.rows if 'event' in e][-1] == 'stop' and l.step == 0
 
-def test_learner_bounds_retries_of_a_broken_handler():
+def test_learner_bounds_retries_of_a_broken_handler(monkeypatch):
     "A handler that asks for retries without changing anything cannot loop forever"
+    monkeypatch.setattr(Learner, 'max_oom_retries', 5)  # each retry runs a full gc.collect: keep the test short
     class Retry(Callback):
         def after_oom(self): self.learn.oom_retry = True
     inj = InjectOOM(2, where='forward')
