@@ -101,6 +101,7 @@ class InjectOOM(Callback):
 
     def before_fit(self):
         blocks = [m for m in self.model.modules() if isinstance(m, Block)]
+        if getattr(self, 'hook', None): self.hook.remove()  # a fit that ended in an exception never reached `after_fit`
         self.hook = blocks[self.block].register_forward_hook(self._forward)
     def after_fit(self): self.hook.remove()
 
@@ -140,7 +141,7 @@ class MicroBatchController(Callback):
         self.stable_steps, self.max_use, self.grad_ckpt, self.verbose = stable_steps, max_use, grad_ckpt, verbose
         self.target = self.current = None
         self.stable, self.failed, self.ckpt_on, self.n_oom, self.n_grow, self.n_held = 0, {}, False, 0, 0, 0
-        self.oom_now, self.mb0, self.used0, self.act = False, None, None, None
+        self.oom_now, self.measure, self.mb0, self.used0, self.act, self.last_check = False, False, None, None, None, None
 
     def before_fit(self):
         self.target = self.batch_size if self.want is None else min(self.want, self.batch_size)
@@ -150,12 +151,21 @@ class MicroBatchController(Callback):
         if self.ckpt_on: enable_gradient_checkpointing(self.model)
         self.grad_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
 
-    def before_step(self): self.oom_now, self.used0, self.act = False, None, None
+    def next_size(self) -> int|None:
+        "The size a growth would try (None: at the target already)"
+        return min((s for s in self.ladder if s > self.current), default=None)
+
+    def before_step(self):
+        self.oom_now, self.used0, self.act = False, None, None
+        nxt = self.next_size()  # measure memory only in a step that ends with a growth decision
+        self.measure = (nxt is not None and self.stable + 1 >= self.stable_steps
+                        and self.step + 1 >= self.failed.get(nxt, [0, 0])[1])
     def before_micro_batch(self):  # the first one comes after `zero_grad`: the last step's gradients are gone
+        if not self.measure: return
         self.mb0 = tensor_bytes(self.device)
         if self.used0 is None: self.used0 = self.mb0
     def after_loss(self):  # the end of a forward pass: this micro-batch's activations are all alive
-        if self.mb0 is not None: self.act = max(self.act or 0, tensor_bytes(self.device) - self.mb0)
+        if self.measure and self.mb0 is not None: self.act = max(self.act or 0, tensor_bytes(self.device) - self.mb0)
 
 # %% ../nbs/06_batch_size.ipynb #0ced333f
 def _can_checkpoint(model) -> bool:
@@ -217,11 +227,12 @@ def predict(self:MicroBatchController, size:int) -> tuple:
 def after_step(self:MicroBatchController):
     if self.oom_now: return
     self.stable += 1
-    if self.current >= self.target or self.stable < self.stable_steps: return
-    nxt = min(s for s in self.ladder if s > self.current)
+    nxt = self.next_size()
+    if nxt is None or self.stable < self.stable_steps: return
     k, until = self.failed.get(nxt, [0, 0])
     if self.step < until: return
     need, avail = self.predict(nxt)
+    self.last_check = (nxt, need, avail)
     if need is not None and avail is not None and need > self.max_use * avail:
         self.stable, self.n_held = 0, self.n_held + 1
         return
