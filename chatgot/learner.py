@@ -14,9 +14,9 @@ from fastcore.basics import noop
 from .data import BatchSampler, TokenData, eval_batches, token_bytes
 
 # %% auto #0
-__all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'peak_memory',
-           'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'Learner', 'set_lr', 'is_oom', 'evaluate', 'eval_due',
-           'fit', 'state_dict', 'load_state_dict', 'Recorder']
+__all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'current_memory',
+           'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'Learner', 'set_lr', 'is_oom',
+           'evaluate', 'eval_due', 'fit', 'state_dict', 'load_state_dict', 'Recorder']
 
 # %% ../nbs/02_learner.ipynb #b021a455
 class CancelStepException(Exception):
@@ -54,14 +54,34 @@ def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> f
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/02_learner.ipynb #92dc42d2
-def peak_memory(device) -> int:
-    "Peak memory in bytes: CUDA allocator peak, else the process's peak RSS"
-    if torch.device(device).type == 'cuda': return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+import re, sys
 
-def reset_peak_memory(device):
-    "Start a new peak-memory window (CUDA only: the CPU's peak RSS cannot be reset)"
-    if torch.device(device).type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
+def _proc_bytes(key:str, path:str='/proc/self/status') -> int|None:
+    "A `kB` field of a /proc file in bytes (None where there is no /proc)"
+    try: m = re.search(rf'^{key}:\s+(\d+) kB', open(path).read(), re.M)
+    except OSError: return None
+    return int(m.group(1)) * 1024 if m else None
+
+def current_memory(device) -> int|None:
+    "Memory in use now: CUDA allocated bytes, else the process's resident set (None where unknown)"
+    if torch.device(device).type == 'cuda': return torch.cuda.memory_allocated(device)
+    return _proc_bytes('VmRSS')
+
+def peak_memory(device) -> int:
+    "Peak memory since the last `reset_peak_memory`: CUDA allocator peak, else the process's peak RSS"
+    if torch.device(device).type == 'cuda': return torch.cuda.max_memory_allocated(device)
+    hwm = _proc_bytes('VmHWM')
+    if hwm is not None: return hwm
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset; kB on Linux, bytes on macOS
+    return r if sys.platform == 'darwin' else r * 1024
+
+def reset_peak_memory(device) -> bool:
+    "Start a new peak-memory window; False where the peak cannot be reset (CPU without Linux's `clear_refs`)"
+    if torch.device(device).type == 'cuda': torch.cuda.reset_peak_memory_stats(device); return True
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # VmHWM := current RSS (Linux >= 4.0)
+        return True
+    except OSError: return False
 
 def get_rng_state() -> dict:
     "Every RNG state as tensors and plain Python values"
@@ -158,12 +178,14 @@ def _opt_step(self:Learner):
 
 def _do_step(self:Learner):
     self.step_loss = self.grad_norm = torch.full((), float('nan'), device=self.device)
+    self.mem_base = current_memory(self.device) if reset_peak_memory(self.device) else None  # this step's peak starts here
     self.xb, self.yb = (t.to(self.device, non_blocking=True) for t in self.sampler.next_batch())
     self.set_lr(lr_at(self.step, self.lr, self.total_steps, self.warmup, self.min_lr_frac))
     self._accumulate_or_retry()
     self._opt_step()
 
 def _end_step(self:Learner):
+    self.mem_peak = None if getattr(self, 'mem_base', None) is None else peak_memory(self.device)  # host counters, no sync
     self.step += 1
     self.tokens += self.batch_size * self.seq_len
 
@@ -206,11 +228,12 @@ def _accumulate_or_retry(self:Learner):
         self._free_memory()
         self.oom_retry = False
         self('after_oom')
-        if not self.oom_retry: raise self._oom_error
+        if not self.oom_retry or self.oom_retries >= self.max_oom_retries: raise self._oom_error
         self.oom_retries += 1
     self.oom = self._oom_error = None
 
 for f in (_try_accumulate, _free_memory, _accumulate_or_retry): setattr(Learner, f.__name__, f)
+Learner.max_oom_retries = 32  # a handler that keeps asking for retries cannot loop forever
 
 # %% ../nbs/02_learner.ipynb #085bd812
 @torch.no_grad()
