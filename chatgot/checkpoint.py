@@ -168,6 +168,7 @@ class CheckpointCallback(Callback):
     def after_eval(self):
         if self.save_every and self.step % self.save_every == 0: self.save()
 
-    def after_fit(self):
-        self.save()
+    def after_fit(self): self.save()
+    def finally_fit(self):  # after a crash too: the run's signal handlers never outlive it
         for s, h in self._old.items(): signal.signal(s, h)
+        self._old = {}

@@ -28,7 +28,7 @@ class CancelEvalException(Exception):
 
 _events = """before_fit before_step before_micro_batch after_loss before_backward after_backward
     after_oom before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
-    after_cancel_eval after_cancel_fit after_fit""".split()
+    after_cancel_eval after_cancel_fit after_fit finally_fit""".split()
 
 # %% ../nbs/02_learner.ipynb #f258bdf0
 class Callback:
@@ -274,7 +274,8 @@ def fit(self:Learner, n_steps:int):
     self.n_steps = n_steps
     if self.total_steps is None: self.total_steps = n_steps
     self.val_loss = self.val_bpb = None
-    self._with_events(self._fit, 'fit', CancelFitException)
+    try: self._with_events(self._fit, 'fit', CancelFitException)
+    finally: self('finally_fit')  # also after a crash: callbacks give back what they took (signal handlers, files)
 
 for f in (_evaluate, evaluate, eval_due, _fit, fit): setattr(Learner, f.__name__, f)
 
@@ -313,12 +314,13 @@ class Recorder(Callback):
             self.path.write_text(''.join(l + '\n' for l in keep))
         if self.resumed_from is not None: self.event('resume', tokens=self.tokens)
         self.t_last, self.step_last = time.perf_counter(), self.step
-        reset_peak_memory(self.device)
+        self._nan = torch.full((), float('nan'), device=self.device)
 
     def after_step(self):
-        lr = getattr(self.learn, 'cur_lr', None)
+        lr, ema = getattr(self.learn, 'cur_lr', None), getattr(self.learn, 'loss_ema', None)
         self.pending.append((self.step, self.tokens, self.step_loss.detach(), self.grad_norm.detach(),
-                             lr, self.micro_batch_size, self.precision))
+                             self._nan if ema is None else ema.detach(), lr, self.micro_batch_size, self.precision,
+                             getattr(self.learn, 'mem_peak', None)))
         if self.step % self.log_every == 0: self.flush(self.step)
 
     def flush(self, step=None):
@@ -329,21 +331,20 @@ class Recorder(Callback):
         dt = (now - self.t_last) / max(1, (step or self.pending[-1][0]) - self.step_last)
         timing = getattr(self.learn, 'eta', None)  # `chatgot.eta.EtaCallback` if attached: step time without pauses, robust ETA
         if timing is not None: timing.report(now, self.pending[-1][0])
-        vals = torch.stack([torch.stack([p[2].float(), p[3].float()]) for p in self.pending]).cpu().tolist()
-        mem = peak_memory(self.device)
+        vals = torch.stack([torch.stack([p[2].float(), p[3].float(), p[4].float()]) for p in self.pending]).cpu().tolist()
         total = getattr(self.learn, 'n_steps', 0)
-        for (st, tok, _, _, lr, mbs, prec), (loss, gn) in zip(self.pending, vals):
+        for (st, tok, *_, lr, mbs, prec, mem), (loss, gn, ema) in zip(self.pending, vals):
             if math.isfinite(loss):
                 self.ema_n += 1
                 self.ema = self.beta * self.ema + (1 - self.beta) * loss
-            row = dict(step=st, tokens=tok, loss=loss, loss_ema=self.ema / (1 - self.beta ** self.ema_n) if self.ema_n else None,
+            if not math.isfinite(ema): ema = self.ema / (1 - self.beta ** self.ema_n) if self.ema_n else None
+            row = dict(step=st, tokens=tok, loss=loss, loss_ema=ema,
                        lr=lr, batch_size=self.batch_size, micro_batch_size=mbs, grad_norm=gn, precision=prec,
                        mem_peak_bytes=mem, step_time_s=dt, tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
                        eta_s=dt * max(0, total - st))
             if timing is not None: row.update(timing.fields(st))
             self._write(row)
         self.pending, self.t_last, self.step_last = [], now, self.pending[-1][0]
-        reset_peak_memory(self.device)
 
     def after_eval(self):
         self.flush(self.step)

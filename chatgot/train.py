@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
 from .data import prepare_data
+from .batch_size import MicroBatchController
 from .eta import EtaCallback, ProgressCallback, plot_run
 from .grad_ckpt import GradCheckpointCallback, as_switch
 from .learner import Learner
@@ -96,6 +97,7 @@ def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
 def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
     "The callbacks `train()` attaches for the resolved flags `f`"
     cbs = [GradCheckpointCallback(f['grad_checkpoint']), EtaCallback(), MixedPrecision(f['precision'], verbose=not quiet),
+           MicroBatchController(f['micro_batch_size'], verbose=not quiet),
            CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
     if f['loss_trend']: cbs.append(LossTrendCallback())
     if f['sample_every']: cbs.append(SampleCallback(every=f['sample_every'], quiet=quiet))
@@ -121,7 +123,6 @@ def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Lea
     mine = {type(c) for c in cbs}  # a callback passed in `cbs` replaces the default of its type
     learn = Learner(model, data, cbs=[c for c in run_callbacks(f, out, config, quiet) if type(c) not in mine] + list(cbs),
                     lr=f['lr'], batch_size=f['batch_size'], seq_len=f['seq_len'],
-                    micro_batch_size=None if f['micro_batch_size'] == 'auto' else f['micro_batch_size'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
                     total_steps=f['steps'], device=f['device'], seed=f['seed'], out=out)
     learn.recorder.log_every = f['log_every']

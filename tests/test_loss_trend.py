@@ -186,7 +186,7 @@ def test_e2e_loss_ema_in_metrics_is_bias_corrected(runs):
     ema = w = 0.
     for s in sorted(rs):
         ema, w = 0.98 * ema + 0.02 * rs[s]['loss'], 0.98 * w + 0.02
-        assert abs(rs[s]['loss_ema'] - ema / w) < 1e-9
+        assert abs(rs[s]['loss_ema'] - ema / w) < 1e-5 * ema / w   # the callback's float32 EMA on the device
 
 class StopAt(Callback):
     "Stop the fit after step `at`, as Ctrl-C would (a checkpoint is saved on the way out)"
