@@ -220,5 +220,5 @@ def configure_optimizer(self:GPT, lr:float, # learning rate
     ps = [p for p in self.parameters() if p.requires_grad]
     groups = [dict(params=[p for p in ps if p.dim() >= 2], weight_decay=weight_decay),
               dict(params=[p for p in ps if p.dim() < 2], weight_decay=0.0)]
-    fused = torch.cuda.is_available() and all(p.is_cuda for p in ps)
+    fused = all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in ps)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **(dict(fused=True) if fused else {}))

@@ -25,10 +25,11 @@ DATA = tiny_data()
 CPU_PRECISIONS = [p for p in ('fp32', 'bf16', 'fp16') if autocast_works('cpu', p)]
 
 def learner(cbs=(), seed=0, fused=False, **kw):
+    "A tiny Learner with a plain (foreach) AdamW, or with `fused=True` a fused one (what `configure_optimizer` builds)"
     torch.manual_seed(seed)
     l = Learner(tiny_model(DATA), DATA, cbs=list(cbs), **{**dict(batch_size=8, seq_len=32, warmup=2, eval_batches=2), **kw})
-    if fused: l.opt = torch.optim.AdamW([dict(params=g['params'], weight_decay=g['weight_decay']) for g in l.opt.param_groups],
-                                        betas=(0.9, 0.95), fused=True)
+    l.opt = torch.optim.AdamW([dict(params=g['params'], weight_decay=g['weight_decay']) for g in l.opt.param_groups],
+                              betas=(0.9, 0.95), **(dict(fused=True) if fused else dict(foreach=True)))
     return l
 
 class WeightWatch(Callback):
