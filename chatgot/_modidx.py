@@ -537,4 +537,9 @@ d = { 'settings': { 'branch': 'main',
                                'chatgot.train.prepare_run': ('train.html#prepare_run', 'chatgot/train.py'),
                                'chatgot.train.resolve_flags': ('train.html#resolve_flags', 'chatgot/train.py'),
                                'chatgot.train.run_callbacks': ('train.html#run_callbacks', 'chatgot/train.py'),
-                               'chatgot.train.train': ('train.html#train', 'chatgot/train.py')}}}
+                               'chatgot.train.train': ('train.html#train', 'chatgot/train.py')},
+            'chatgot.validate': { 'chatgot.validate._rows': ('validation.html#_rows', 'chatgot/validate.py'),
+                                  'chatgot.validate.plot_convergence': ('validation.html#plot_convergence', 'chatgot/validate.py'),
+                                  'chatgot.validate.run_report': ('validation.html#run_report', 'chatgot/validate.py'),
+                                  'chatgot.validate.samples_table': ('validation.html#samples_table', 'chatgot/validate.py'),
+                                  'chatgot.validate.val_trend': ('validation.html#val_trend', 'chatgot/validate.py')}}}
