@@ -144,7 +144,7 @@ class MicroBatchController(Callback):
         self.oom_now, self.measure, self.mb0, self.used0, self.act, self.last_check = False, False, None, None, None, None
 
     def before_fit(self):
-        self.target = self.batch_size if self.want is None else min(self.want, self.batch_size)
+        self.target = self.local_batch_size if self.want is None else min(self.want, self.local_batch_size)
         self.ladder = size_ladder(self.target)
         self.current = self.target if self.current is None else min(self.current, self.target)
         self.learn.micro_batch_size = self.current
@@ -188,9 +188,11 @@ def after_oom(self:MicroBatchController):
     tried = oom_bytes(o['message'])
     peak = peak_memory(self.device) if getattr(self.learn, 'mem_base', None) is not None else None
     self._event('oom', step=self.step + 1, action=action, micro_batch_size=m, new_micro_batch_size=new, error=o['error'],
-                tried_bytes=tried, peak_bytes=peak, retry=o['retry'], failures=k, blocked_until_step=self.failed[m][1])
+                tried_bytes=tried, peak_bytes=peak, retry=o['retry'], failures=k, blocked_until_step=self.failed[m][1],
+                **({'ranks': o['ranks']} if 'ranks' in o else {}))
     if action == 'stop': raise MemoryBudgetError(self._stop_message(m, tried, peak))
-    self._say(f"step {self.step + 1}: out of memory at micro-batch {m} ({o['error']}, {fmt_bytes(tried)} requested); "
+    where = f" on rank {', '.join(map(str, o['ranks']))}" if 'ranks' in o else ''
+    self._say(f"step {self.step + 1}: out of memory{where} at micro-batch {m} ({o['error']}, {fmt_bytes(tried)} requested); "
               + (f"redoing the step at micro-batch {new}" if action == 'halve' else "turning gradient checkpointing on and redoing the step"))
     self.learn.micro_batch_size = self.current = new
     self.learn.oom_retry = True
@@ -233,7 +235,7 @@ def after_step(self:MicroBatchController):
     if self.step < until: return
     need, avail = self.predict(nxt)
     self.last_check = (nxt, need, avail)
-    if need is not None and avail is not None and need > self.max_use * avail:
+    if self.learn.dist.any(need is not None and avail is not None and need > self.max_use * avail):
         self.stable, self.n_held = 0, self.n_held + 1
         return
     old, self.current, self.stable, self.n_grow = self.current, nxt, 0, self.n_grow + 1

@@ -140,24 +140,32 @@ class CheckpointCallback(Callback):
     order = 90
     def __init__(self, ckpt_dir, save_every:int=0, keep_last:int=3, config:dict|None=None, handle_signals:bool=True):
         self.ckpt_dir, self.save_every, self.keep_last, self.config = Path(ckpt_dir), save_every, keep_last, config
-        self.handle_signals, self.interrupted, self.saved_step = handle_signals, None, None
+        self.handle_signals, self.interrupted, self.signalled, self.saved_step = handle_signals, None, None, None
 
     def before_fit(self):
-        for t in self.ckpt_dir.glob('.tmp-*'): shutil.rmtree(t, ignore_errors=True)  # left by a killed save
+        if self.dist.main:
+            for t in self.ckpt_dir.glob('.tmp-*'): shutil.rmtree(t, ignore_errors=True)  # left by a killed save
         self.saved_step, self._old = self.step, {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._on_signal)
 
     def _on_signal(self, signum, frame):
-        if self.interrupted: signal.default_int_handler(signum, frame)  # second signal: stop now
-        self.interrupted = signal.Signals(signum).name
-        print(f"\n{self.interrupted}: finishing this step, saving a checkpoint, then stopping (again to stop now)", file=sys.stderr)
+        many, now = self.dist.world > 1, time.monotonic()
+        if self.signalled:
+            if many and now - self._t_signal < 1: return  # torchrun's copy of the terminal's Ctrl-C
+            signal.default_int_handler(signum, frame)     # second signal: stop now
+        self.signalled, self._t_signal = signal.Signals(signum).name, now
+        if not many: self.interrupted = self.signalled    # several ranks stop where they agree to
+        if self.dist.main:
+            print(f"\n{self.signalled}: finishing this step, saving a checkpoint, then stopping (again to stop now)", file=sys.stderr)
 
     def save(self):
         if self.saved_step == self.step: return
         if hasattr(self.learn, 'recorder'): self.learn.recorder.flush()
-        save_checkpoint(self.learn, self.ckpt_dir, self.config)
-        prune_checkpoints(self.ckpt_dir, self.keep_last)
+        if self.dist.main:
+            save_checkpoint(self.learn, self.ckpt_dir, self.config)
+            prune_checkpoints(self.ckpt_dir, self.keep_last)
+        else: self.learn.state_dict()  # this rank's part of what rank 0 saves (its RNG state)
         self.saved_step = self.step
 
     def after_step(self):

@@ -6,7 +6,7 @@ Docs: https://chatgot.github.io/chatgot/cli.html.md"""
 
 # %% ../nbs/11_cli.ipynb #ce4f4dc1
 from __future__ import annotations
-import sys, traceback
+import os, sys, traceback
 from fastcore.script import anno_parser
 from .train import train
 
@@ -113,32 +113,41 @@ COMMANDS['plot'] = plot_cmd
 def _usage():
     return "usage: chatgot {" + ','.join(COMMANDS) + "} [flags]   (chatgot COMMAND --help for its flags)"
 
+def _rank() -> int:
+    "This process's rank in a torchrun job of several processes, else 0"
+    try: return int(os.environ.get('RANK', 0)) if int(os.environ.get('WORLD_SIZE', 1)) > 1 else 0
+    except ValueError: return 0
+
 def main(argv=None) -> int:
     "Entry point of the `chatgot` console script"
     argv = sys.argv[1:] if argv is None else list(argv)
+    rank = _rank()
+    def say(msg, agreed=True):  # an error every rank has is printed by rank 0 alone
+        if rank == 0: print(msg, file=sys.stderr)
+        elif not agreed: print(f"[rank {rank}] {msg}", file=sys.stderr)
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"chatgot: error: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        say(f"chatgot: error: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
         return 2
     f = COMMANDS[cmd]
     p = anno_parser(f, prog=f'chatgot {cmd}', pos=getattr(f, 'positional', None))
     def error(msg):  # argparse's own usage errors: one line too, exit 2
-        print(f"chatgot {cmd}: error: {msg} (chatgot {cmd} --help lists the flags)", file=sys.stderr); sys.exit(2)
+        say(f"chatgot {cmd}: error: {msg} (chatgot {cmd} --help lists the flags)"); sys.exit(2)
     p.error = error
     args = vars(p.parse_args(rest))
     args.pop('pdb', None); args.pop('xtra', None)
     try: return f(**args)
     except KeyboardInterrupt:
-        print(f"chatgot {cmd}: interrupted", file=sys.stderr); return 130
+        say(f"chatgot {cmd}: interrupted"); return 130
     except (ValueError, FileNotFoundError) as e:
         if args.get('debug'): traceback.print_exc()
-        print(f"chatgot {cmd}: error: {e}", file=sys.stderr); return 2
+        say(f"chatgot {cmd}: error: {e}", getattr(e, 'agreed', False)); return 2
     except Exception as e:
         if args.get('debug'): traceback.print_exc()
-        print(f"chatgot {cmd}: {type(e).__name__}: {e} (--debug shows the traceback)", file=sys.stderr); return 1
+        say(f"chatgot {cmd}: {type(e).__name__}: {e} (--debug shows the traceback)", getattr(e, 'agreed', False)); return 1
 
 # %% ../nbs/11_cli.ipynb #4ee2da64
 if __name__ == '__main__': sys.exit(main())  # `python -m chatgot.cli` (torchrun needs a module)

@@ -7,6 +7,7 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
 import gc, json, math, os, random, resource, time
+from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
 import torch
@@ -15,8 +16,8 @@ from .data import BatchSampler, TokenData, eval_batches, token_bytes
 
 # %% auto #0
 __all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'current_memory',
-           'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'Learner', 'set_lr', 'is_oom',
-           'evaluate', 'eval_due', 'fit', 'state_dict', 'load_state_dict', 'Recorder']
+           'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner', 'set_lr',
+           'is_oom', 'evaluate', 'eval_due', 'fit', 'state_dict', 'load_state_dict', 'Recorder']
 
 # %% ../nbs/02_learner.ipynb #b021a455
 class CancelStepException(Exception):
@@ -27,7 +28,7 @@ class CancelEvalException(Exception):
     "Skip this evaluation"
 
 _events = """before_fit before_step before_micro_batch after_loss before_backward after_backward
-    after_oom before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
+    after_accumulate after_oom before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
     after_cancel_eval after_cancel_fit after_fit finally_fit""".split()
 
 # %% ../nbs/02_learner.ipynb #f258bdf0
@@ -101,6 +102,19 @@ def set_rng_state(s:dict):
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
 # %% ../nbs/02_learner.ipynb #0aefa51f
+class SingleProcess:
+    "The default `learn.dist`: one process agrees with itself (`chatgot.distributed.Ranks` does it across ranks)"
+    rank, local_rank, world, main = 0, 0, 1, True  # `main`: the process that writes files (rank 0)
+    def any(self, flag) -> bool: "Is `flag` true on any rank?"; return bool(flag)
+    def max(self, values) -> list: "Element-wise maximum over the ranks of host numbers"; return list(values)
+    def sum(self, values) -> list: "Element-wise sum over the ranks of host numbers"; return list(values)
+    def gather(self, obj) -> list: "Every rank's `obj`, in rank order"; return [obj]
+    def on_main(self, f, *args, **kwargs): "`f(*args, **kwargs)` run by rank 0 alone; every rank gets its result (or its error)"; return f(*args, **kwargs)
+    def barrier(self): "Wait until every rank is here"
+    def seed(self, seed:int, step:int=0): "Give ranks other than 0 a torch RNG stream of their own (nothing to do on one process)"
+    def __repr__(self): return f'{type(self).__name__}(rank={self.rank}, world={self.world})'
+
+# %% ../nbs/02_learner.ipynb #61515be8
 class Learner:
     "Train `model` on `data` one optimizer step at a time; callbacks plug into named events"
     def __init__(self, model:torch.nn.Module, data:TokenData, cbs=(),
@@ -115,8 +129,10 @@ class Learner:
                  total_steps:int|None=None,# schedule length (None: the `fit` target)
                  eval_every:int=0,         # steps between evals (0: only at the end)
                  eval_batches:int=20,      # validation batches per eval
-                 device='cpu', seed:int=0, out=None):
+                 device='cpu', seed:int=0, out=None,
+                 dist=None):               # how this process agrees with its peers (None: `SingleProcess`)
         self.model, self.data, self.device = model.to(device), data, torch.device(device)
+        self.dist, self.train_model, self.n_tok = dist or SingleProcess(), self.model, None
         self.lr, self.batch_size, self.seed, self.out = lr, batch_size, seed, Path(out) if out else None
         self.seq_len = seq_len or model.config.block_size
         self.micro_batch_size = micro_batch_size or batch_size
@@ -141,6 +157,15 @@ class Learner:
     def __call__(self, event:str):
         for cb in self.cbs: getattr(cb, event, noop)()
 
+    @property
+    def local_batch_size(self) -> int:
+        "Sequences per step on this process (the whole batch on one process)"
+        return self.batch_size // self.dist.world
+
+    def micro_batch_context(self, last:bool):
+        "The context of one micro-batch's forward and backward (`last`: the step's last one); DDP replaces it"
+        return nullcontext()
+
 # %% ../nbs/02_learner.ipynb #13c6ecad
 def _with_events(self:Learner, f, name:str, ex, final=noop):
     try: self(f'before_{name}'); f()
@@ -153,19 +178,20 @@ def _accumulate(self:Learner):
     "Forward and backward over the step's micro-batches; the step loss stays on the device"
     self.opt.zero_grad(set_to_none=True)
     x, y = self.xb, self.yb
-    n_tok = (y != -1).sum()
+    n_tok = (y != -1).sum() if self.n_tok is None else self.n_tok  # target tokens of the whole batch (all processes)
     self.step_loss = torch.zeros((), device=self.device)
     for i in range(0, x.shape[0], self.micro_batch_size):
         self.mb_x, self.mb_y = x[i:i + self.micro_batch_size], y[i:i + self.micro_batch_size]
-        self('before_micro_batch')
-        with self.autocast:
-            _, self.loss = self.model(self.mb_x, self.mb_y)
-        self('after_loss')
-        w = (self.mb_y != -1).sum() / n_tok
-        self.loss_grad = self.loss.float() * w
-        self('before_backward')
-        self.loss_grad.backward()
-        self('after_backward')
+        with self.micro_batch_context(i + self.micro_batch_size >= x.shape[0]):
+            self('before_micro_batch')
+            with self.autocast:
+                _, self.loss = self.train_model(self.mb_x, self.mb_y)
+            self('after_loss')
+            w = (self.mb_y != -1).sum() / n_tok
+            self.loss_grad = self.loss.float() * w
+            self('before_backward')
+            self.loss_grad.backward()
+            self('after_backward')
         self.step_loss += self.loss.detach().float() * w
 
 def _opt_step(self:Learner):
@@ -180,6 +206,8 @@ def _do_step(self:Learner):
     self.step_loss = self.grad_norm = torch.full((), float('nan'), device=self.device)
     self.mem_base = current_memory(self.device) if reset_peak_memory(self.device) else None  # this step's peak starts here
     self.xb, self.yb = (t.to(self.device, non_blocking=True) for t in self.sampler.next_batch())
+    n = getattr(self.sampler, 'n_tok', None)  # a sampler that hands out a slice of the batch counts the whole batch
+    self.n_tok = None if n is None else n.to(self.device, non_blocking=True)
     self.set_lr(lr_at(self.step, self.lr, self.total_steps, self.warmup, self.min_lr_frac))
     self._accumulate_or_retry()
     self._opt_step()
@@ -224,13 +252,17 @@ def _free_memory(self:Learner):
 def _accumulate_or_retry(self:Learner):
     "Forward and backward; after an OOM a callback in `after_oom` may set `learn.oom_retry` to redo the same batch"
     self.oom_retries = 0
-    while not self._try_accumulate():
+    while True:
+        self.oom = None
+        self._try_accumulate()
+        self('after_accumulate')  # several processes agree here: an OOM on any of them is an OOM on all
+        if self.oom is None: break
         self._free_memory()
         self.oom_retry = False
         self('after_oom')
         if not self.oom_retry or self.oom_retries >= self.max_oom_retries: raise self._oom_error
         self.oom_retries += 1
-    self.oom = self._oom_error = None
+    self._oom_error = None
 
 for f in (_try_accumulate, _free_memory, _accumulate_or_retry): setattr(Learner, f.__name__, f)
 Learner.max_oom_retries = 32  # a handler that keeps asking for retries cannot loop forever
@@ -239,9 +271,10 @@ Learner.max_oom_retries = 32  # a handler that keeps asking for retries cannot l
 @torch.no_grad()
 def _evaluate(self:Learner):
     self.model.eval()
-    loss_sum, n_tok, n_bytes = 0., 0, 0
+    loss_sum, n_tok, n_bytes, d = 0., 0, 0, self.dist
     try:
         for x, y in eval_batches(self.data.val, self.batch_size, self.seq_len, max_batches=self.eval_n):
+            if d.world > 1: x, y = x.tensor_split(d.world)[d.rank], y.tensor_split(d.world)[d.rank]  # this rank's rows
             x, y = x.to(self.device), y.to(self.device)
             for i in range(0, x.shape[0], self.micro_batch_size):
                 xm, ym = x[i:i + self.micro_batch_size], y[i:i + self.micro_batch_size]
@@ -251,6 +284,7 @@ def _evaluate(self:Learner):
                 n_tok += n
                 n_bytes += int(self.tok_bytes[ym[ym != -1]].sum())
     finally: self.model.train()
+    if d.world > 1: loss_sum, n_tok, n_bytes = d.sum([loss_sum, n_tok, n_bytes])
     self.val_loss = loss_sum / n_tok
     self.val_bpb = loss_sum / math.log(2) / n_bytes
 
@@ -271,6 +305,8 @@ def _fit(self:Learner):
 
 def fit(self:Learner, n_steps:int):
     "Train until optimizer step `n_steps` (counting from step 0, so a resumed learner finishes the same run)"
+    if self.dist.world > 1 and not hasattr(self, 'ddp'):
+        raise ValueError("a Learner on several processes needs chatgot.distributed.DDPCallback to synchronise its gradients")
     self.n_steps = n_steps
     if self.total_steps is None: self.total_steps = n_steps
     self.val_loss = self.val_bpb = None
@@ -282,9 +318,12 @@ for f in (_evaluate, evaluate, eval_due, _fit, fit): setattr(Learner, f.__name__
 # %% ../nbs/02_learner.ipynb #0d8bae7f
 def state_dict(self:Learner) -> dict:
     "Counters, optimizer, RNG states, sampler position and callback states"
-    return {'step': self.step, 'tokens': self.tokens, 'micro_batch_size': self.micro_batch_size,
-            'precision': self.precision, 'optimizer': self.opt.state_dict(), 'rng': get_rng_state(),
-            'sampler': self.sampler.state_dict(), 'callbacks': {cb.name: cb.state_dict() for cb in self.cbs}}
+    rng = get_rng_state()
+    sd = {'step': self.step, 'tokens': self.tokens, 'micro_batch_size': self.micro_batch_size,
+          'precision': self.precision, 'optimizer': self.opt.state_dict(), 'rng': rng,
+          'sampler': self.sampler.state_dict(), 'callbacks': {cb.name: cb.state_dict() for cb in self.cbs}}
+    if self.dist.world > 1: sd['rng_ranks'] = self.dist.gather(rng)  # every rank's own streams
+    return sd
 
 def load_state_dict(self:Learner, sd:dict):
     "Restore what `state_dict` captured (weights are loaded separately)"
@@ -292,7 +331,9 @@ def load_state_dict(self:Learner, sd:dict):
     self.micro_batch_size, self.precision = sd['micro_batch_size'], sd['precision']
     self.opt.load_state_dict(sd['optimizer'])
     self.sampler.load_state_dict(sd['sampler'])
-    set_rng_state(sd['rng'])
+    rngs = sd.get('rng_ranks') or [sd['rng']]
+    set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else sd['rng'])
+    if self.dist.rank >= len(rngs): self.dist.seed(self.seed, self.step)
     for cb in self.cbs:
         if cb.name in sd['callbacks']: cb.load_state_dict(sd['callbacks'][cb.name])
 

@@ -296,13 +296,19 @@ def _good_checkpoint(self:LossTrendCallback, last:int, load:bool) -> Path|None:
     "The newest checkpoint at or before step `last` that verifies (and loads, if `load`); newer ones are deleted"
     ck = getattr(self.learn, 'checkpoint', None)
     if ck is None: return None
-    for p in list_checkpoints(ck.ckpt_dir):
+    d = self.learn.dist
+    for p in d.on_main(list_checkpoints, ck.ckpt_dir):  # rank 0's list: every rank tries the same candidates
         if int(p.name.split('-')[1]) > last: continue
+        err = None
         try: load_checkpoint(self.learn, p) if load else verify_checkpoint(p)
-        except CheckpointError as e: print(f"warning: cannot use {p.name}: {e}", file=sys.stderr); continue
-        for q in list_checkpoints(ck.ckpt_dir):
-            if q.name > p.name: shutil.rmtree(q)        # written during the diverged stretch
-        _write_text_atomic(ck.ckpt_dir/'latest', p.name + '\n')
+        except CheckpointError as e: err = e
+        if d.any(err is not None):                      # a candidate counts only if it loaded on every rank
+            if err is not None: print(f"warning: cannot use {p.name}: {err}", file=sys.stderr)
+            continue
+        if d.main:                                      # every rank has read it (`any` waited for all)
+            for q in list_checkpoints(ck.ckpt_dir):
+                if q.name > p.name: shutil.rmtree(q)    # written during the diverged stretch
+            _write_text_atomic(ck.ckpt_dir/'latest', p.name + '\n')
         return p
     return None
 

@@ -12,6 +12,7 @@ import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
 from .data import prepare_data
 from .batch_size import MicroBatchController
+from .distributed import DDPCallback, distributed
 from .eta import EtaCallback, ProgressCallback, plot_run
 from .grad_ckpt import GradCheckpointCallback, as_switch
 from .learner import Learner
@@ -19,6 +20,7 @@ from .loss_trend import LossTrendCallback
 from .precision import MixedPrecision, resolve_precision
 from .sampling import SampleCallback
 from .model import GPT, PRESETS, preset_config
+from tokenizers import Tokenizer
 
 # %% auto #0
 __all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'run_callbacks', 'train']
@@ -32,6 +34,7 @@ TRAIN_DEFAULTS = {
 
 class UsageError(ValueError):
     "A flag value that cannot work (the CLI reports it in one line, exit code 2)"
+    agreed = True  # the same on every process of a torchrun job (same flags, same run folder): rank 0 reports it
 
 # %% ../nbs/10_train.ipynb #c2d8e737
 FLAGS = ('data', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
@@ -104,36 +107,66 @@ def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
     return cbs + ([] if quiet else [ProgressCallback()])
 
 # %% ../nbs/10_train.ipynb #aa6e41e7
+def _check_world(f:dict, d) -> None:
+    "Flags that cannot work on `d.world` processes"
+    if f['batch_size'] % d.world:
+        raise UsageError(f"--batch-size {f['batch_size']} must be divisible by the number of processes ({d.world})")
+    b = f['batch_size'] // d.world
+    if f['micro_batch_size'] != 'auto' and f['micro_batch_size'] > b:
+        raise UsageError(f"--micro-batch-size counts sequences per process: at most --batch-size / processes = {b}, got {f['micro_batch_size']}")
+
+# %% ../nbs/10_train.ipynb #4613bf62
 def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Learner:
-    "Train with DESIGN.md's flags (as keyword arguments); returns the `Learner` after the run"
+    "Train with DESIGN.md's flags (as keyword arguments); returns the `Learner` after the run (on every rank under torchrun)"
     unknown = set(flags) - set(FLAGS)
     if unknown: raise UsageError(f"unknown flag(s): {', '.join(sorted(unknown))}")
-    out, stored, ck = prepare_run(out, resume)
+    with distributed() as d: return _train(d, out, resume, quiet, cbs, flags)
+
+def _train(d, out, resume, quiet, cbs, flags) -> Learner:
+    out, stored, ck = d.on_main(prepare_run, out, resume)
     f = resolve_flags(flags, stored)
-    data = prepare_data(f['data'], tokenizer=f['tokenizer'], vocab_size=f['vocab_size'], seq_len=f['seq_len'], seed=f['seed'],
-                        tokenizer_path=ck/'tokenizer.json' if ck else None)
+    _check_world(f, d)
+    try: device = d.use_device(f['device']) if d.world > 1 else f['device']
+    except ValueError as e: raise UsageError(str(e)) from None
+    prep = lambda tok: prepare_data(f['data'], tokenizer=tok, vocab_size=f['vocab_size'], seq_len=f['seq_len'], seed=f['seed'],
+                                    tokenizer_path=ck/'tokenizer.json' if ck and isinstance(tok, str) else None)
+    box = {}
+    def first():
+        box['data'] = prep(f['tokenizer'])
+        return box['data'].tokenizer.to_str()
+    tok = d.on_main(first)  # rank 0 trains (or loads) the tokenizer; the others use it
+    data = box['data'] if 'data' in box else prep(Tokenizer.from_str(tok))
     mc = preset_config(f['preset'], vocab_size=data.vocab_size, n_layer=f['n_layer'], n_head=f['n_head'],
                        n_embd=f['n_embd'], dropout=f['dropout'])
     if f['seq_len'] > mc.block_size: raise UsageError(f"--seq-len {f['seq_len']} is longer than the model's context ({mc.block_size})")
     torch.manual_seed(f['seed'])
     model = GPT(mc)
+    d.seed(f['seed'])  # ranks other than 0: dropout masks of their own
     config = dict(flags=f, model=dataclasses.asdict(mc), tokenizer=dict(kind=f['tokenizer'], vocab_size=data.vocab_size),
                   data=dict(source=data.source, train_tokens=len(data.train), val_tokens=len(data.val),
                             train_bytes=data.train_bytes, val_bytes=data.val_bytes))
+    if d.world > 1: config['processes'] = d.world
     mine = {type(c) for c in cbs}  # a callback passed in `cbs` replaces the default of its type
-    learn = Learner(model, data, cbs=[c for c in run_callbacks(f, out, config, quiet) if type(c) not in mine] + list(cbs),
+    default = run_callbacks(f, out, config, quiet or not d.main) + ([DDPCallback()] if d.world > 1 else [])
+    default = [c for c in default if type(c) not in mine and (d.main or not isinstance(c, SampleCallback))]
+    learn = Learner(model, data, cbs=default + list(cbs),
                     lr=f['lr'], batch_size=f['batch_size'], seq_len=f['seq_len'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
-                    total_steps=f['steps'], device=f['device'], seed=f['seed'], out=out)
+                    total_steps=f['steps'], device=device, seed=f['seed'], out=out if d.main else None, dist=d)
     learn.recorder.log_every = f['log_every']
     if ck:
         meta = load_checkpoint(learn, ck)
-        if not quiet: print(f"resuming {out} from {ck.name} (step {meta['step']})", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(out/'config.json', config)
+        if not quiet and d.main: print(f"resuming {out} from {ck.name} (step {meta['step']})", flush=True)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(out/'config.json', config)
+    if d.world > 1:
+        d.barrier()
+        if d.any(not (out/'config.json').exists()):
+            raise UsageError(f"--out {out} must be on storage that every machine of the job sees (some rank cannot see {out/'config.json'})")
     try: learn.fit(f['steps'])
     finally:
-        if (out/'metrics.jsonl').exists():
+        if d.main and (out/'metrics.jsonl').exists():
             try: plot_run(out)
             except Exception as e: print(f"warning: could not draw {out/'plot.png'}: {e}", flush=True)  # never hides the run's own error
     return learn
