@@ -8,7 +8,8 @@ Per shape (14m: batch 64 x 256, vocab 8192; baby: batch 12 x 64, vocab 65), on t
             `configure_optimizer`) and no callbacks;
   chatgot:  the Learner with every default callback of `train()` (`run_callbacks`: precision checks, micro-batch
             controller, loss trend, ETA, recorder, checkpoints; no progress bar);
-  +compile: chatgot with the model compiled in place (`--compile`), compile time excluded (reported apart).
+  +compile: chatgot with `--compile` (CompileCallback: the training step through torch.compile), compile time
+            excluded (reported apart).
 Times are taken between the ends of consecutive optimizer steps (after a warm-up step), so evals and the
 end-of-fit checkpoint are outside them. Variants alternate within a repeat; figures are medians over repeats.
 speedup = tok/s / plain's; overhead = bare / chatgot - 1 (target at most 3 %).
@@ -62,9 +63,8 @@ def pipeline(preset, B, T, V, steps, compile:bool):
     torch.manual_seed(0)
     data = fake_data(V)
     m = GPT(preset_config(preset, vocab_size=V))
-    if compile: m.compile()
     with tempfile.TemporaryDirectory() as d:
-        f = resolve_flags(dict(preset=preset, batch_size=B, seq_len=T, save_every=0, eval_every=0, steps=steps + 1))
+        f = resolve_flags(dict(preset=preset, batch_size=B, seq_len=T, save_every=0, eval_every=0, steps=steps + 1, compile=compile))
         cbs = run_callbacks(f, Path(d), config={}, quiet=True)
         for c in cbs:
             if type(c).__name__ == 'CheckpointCallback': c.handle_signals = False

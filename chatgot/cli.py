@@ -39,10 +39,12 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               grad_checkpoint:bool=False, # recompute activations in backward to save memory
               no_loss_trend:bool=False, # do not skip loss spikes, adjust the LR or rewind on divergence
               sample_every:int=None,# steps between in-training samples written to samples.jsonl (0: none)
+              compile:bool=False,   # train through torch.compile (faster after a slow first step)
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
     flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}
     flags['grad_checkpoint'] = grad_checkpoint or None  # not given: the stored value on --resume
+    flags['compile'] = compile or None
     flags['loss_trend'] = False if no_loss_trend else None
     learn = train(out=out, resume=resume, **flags)
     return 130 if learn.checkpoint.interrupted else 0

@@ -15,7 +15,7 @@ from .batch_size import MicroBatchController
 from .distributed import DDPCallback, distributed
 from .eta import EtaCallback, ProgressCallback, plot_run
 from .grad_ckpt import GradCheckpointCallback, as_switch
-from .learner import Learner
+from .learner import Callback, Learner
 from .loss_trend import LossTrendCallback
 from .precision import MixedPrecision, resolve_precision
 from .sampling import SampleCallback
@@ -23,7 +23,7 @@ from .model import GPT, PRESETS, preset_config
 from tokenizers import Tokenizer
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'run_callbacks', 'train']
+__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'CompileCallback', 'run_callbacks', 'train']
 
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
@@ -39,7 +39,7 @@ class UsageError(ValueError):
 # %% ../nbs/10_train.ipynb #c2d8e737
 FLAGS = ('data', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
-         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every')
+         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile')
 
 def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     "Every flag's value: given, else stored (on resume), else the preset's default"
@@ -49,7 +49,7 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     p = PRESETS[preset]
     base = dict(data='builtin:shakespeare', preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=3,
-                log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0,
+                log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
                 **TRAIN_DEFAULTS[preset])
     f = {**base, **f}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
@@ -71,6 +71,7 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
         resolve_precision(f['precision'], f['device'])
         f['grad_checkpoint'] = as_switch(f['grad_checkpoint'], '--grad-checkpoint')
         f['loss_trend'] = as_switch(f['loss_trend'], 'loss_trend')
+        f['compile'] = as_switch(f['compile'], '--compile')
     except ValueError as e: raise UsageError(str(e)) from None
     return {k: f.get(k) for k in FLAGS}
 
@@ -97,6 +98,17 @@ def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
     return out, stored, ck
 
 # %% ../nbs/10_train.ipynb #5ebbab89
+class CompileCallback(Callback):
+    "Train through `torch.compile(learn.train_model)`; evaluation, sampling and checkpoints use the eager model"
+    order = -40  # after DDPCallback (-50) has wrapped the model
+    def __init__(self, **kwargs): self.kwargs, self.compiled = kwargs, None  # kwargs: for `torch.compile` (mode=...)
+    def before_fit(self):
+        if getattr(self.compiled, '_orig_mod', None) is not self.learn.train_model:
+            self.compiled = torch.compile(self.learn.train_model, **self.kwargs)
+        self.learn.train_model = self.compiled
+    def finally_fit(self): self.learn.train_model = getattr(self.compiled, '_orig_mod', self.learn.train_model)
+
+# %% ../nbs/10_train.ipynb #53d92c23
 def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
     "The callbacks `train()` attaches for the resolved flags `f`"
     cbs = [GradCheckpointCallback(f['grad_checkpoint']), EtaCallback(), MixedPrecision(f['precision'], verbose=not quiet),
@@ -104,6 +116,7 @@ def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
            CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
     if f['loss_trend']: cbs.append(LossTrendCallback())
     if f['sample_every']: cbs.append(SampleCallback(every=f['sample_every'], quiet=quiet))
+    if f['compile']: cbs.append(CompileCallback())
     return cbs + ([] if quiet else [ProgressCallback()])
 
 # %% ../nbs/10_train.ipynb #aa6e41e7
