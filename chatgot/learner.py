@@ -133,6 +133,7 @@ class Learner:
                  dist=None):               # how this process agrees with its peers (None: `SingleProcess`)
         self.model, self.data, self.device = model.to(device), data, torch.device(device)
         self.dist, self.train_model, self.n_tok = dist or SingleProcess(), self.model, None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # walked every step: listed once
         self.lr, self.batch_size, self.seed, self.out = lr, batch_size, seed, Path(out) if out else None
         self.seq_len = seq_len or model.config.block_size
         self.micro_batch_size = micro_batch_size or batch_size
@@ -197,7 +198,7 @@ def _accumulate(self:Learner):
 def _opt_step(self:Learner):
     "Clip, then update (a callback may replace the update by raising `CancelStepException`)"
     self('before_clip')
-    self.grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip or float('inf'))
+    self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float('inf'))
     self('before_opt_step')
     self.opt.step()
     self('after_opt_step')

@@ -100,6 +100,7 @@ class ScriptedLearner:
     def __init__(self, cbs, lr:float=1e-3, grad_clip:float=1.0, log_every:int=10):
         self.device, self.lr, self.grad_clip, self.step = torch.device('cpu'), lr, grad_clip, 0
         self.model = torch.nn.Linear(2, 1, bias=False)
+        self.params = list(self.model.parameters())
         self.recorder, self.sampler = _Rows(log_every), _Counter()
         self.recorder.learn = self
         self.cbs = sorted(cbs, key=lambda c: c.order)
@@ -149,7 +150,7 @@ def _judge(self:LossTrendCallback, x:torch.Tensor):
 @patch
 def _drop_or_scale(self:LossTrendCallback, scale:torch.Tensor, drop:torch.Tensor):
     "Multiply the gradients by `scale` (NaN -> 0); a fused optimizer also skips its update exactly when `drop`"
-    grads = [q.grad for q in self.learn.model.parameters() if q.grad is not None]
+    grads = [q.grad for q in self.learn.params if q.grad is not None]
     if grads:
         torch._foreach_mul_(grads, scale)
         for g in grads: g.nan_to_num_(0., 0., 0.)   # a dropped non-finite gradient becomes 0, not 0*NaN

@@ -9,6 +9,7 @@ __all__ = ['PRESETS', 'GPTConfig', 'preset_config', 'KVCache', 'CausalSelfAttent
 
 # %% ../nbs/01_model.ipynb #567b3acb
 import math, numbers
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 import torch
 import torch.nn as nn
@@ -107,9 +108,12 @@ class CausalSelfAttention(nn.Module):
             k,v = (t.to(q.dtype) for t in cache.update(self.layer, k, v))
             causal = pos == 0
             if pos and T > 1: mask = torch.ones(T, pos+T, dtype=torch.bool, device=x.device).tril(diagonal=pos)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+        dt, up = q.dtype, q.dtype == torch.bfloat16 and q.device.type == 'cpu'  # see above
+        if up: q,k,v = q.float(),k.float(),v.float()
+        with torch.autocast('cpu', enabled=False) if up else nullcontext():  # CPU autocast would cast them back
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.c_proj(y.to(dt).transpose(1, 2).contiguous().view(B, T, C)))
 
 # %% ../nbs/01_model.ipynb #a796f9be
 class MLP(nn.Module):
