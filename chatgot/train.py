@@ -28,8 +28,8 @@ __all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_ru
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
     'tiny': dict(steps=50, batch_size=8, seq_len=64, lr=3e-3, warmup=5, eval_every=25, save_every=25),
-    'baby': dict(steps=2000, batch_size=12, seq_len=64, lr=1e-3, warmup=100, eval_every=250, save_every=250),
-    '14m': dict(steps=300, batch_size=16, seq_len=128, lr=1e-3, warmup=30, eval_every=100, save_every=100),
+    'baby': dict(steps=1000, batch_size=16, seq_len=64, lr=8e-3, warmup=50, eval_every=250, save_every=250),
+    '14m': dict(steps=600, batch_size=16, seq_len=128, lr=1e-3, warmup=30, eval_every=100, save_every=100),
 }
 
 class UsageError(ValueError):
