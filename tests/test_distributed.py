@@ -61,6 +61,13 @@ def losses(run): return {r['step']: r['loss'] for r in rows(run) if 'loss' in r}
 def same(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 def traces(tmp): return [json.loads((tmp/f'trace{r}.json').read_text()) for r in range(2)]
 
+def resume_matches(tmp, run, reference):
+    "`--resume` on 2 ranks with no other flag ends with the reference run's weights and losses, bit for bit"
+    r = torchrun(tmp, 'train', '--out', run, '--resume')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert same(weights(run), weights(reference))
+    assert losses(run) == losses(reference)
+
 @pytest.fixture(scope='module')
 def reference(corpus, tmp_path_factory):
     "An uninterrupted 2-rank run with dropout"
@@ -104,10 +111,7 @@ def test_kill_9_then_resume_is_bitwise(corpus, reference, tmp_path):
     finally:
         os.killpg(p.pid, signal.SIGKILL); p.wait()
     assert (run/'checkpoints'/'latest').exists()
-    r = torchrun(tmp_path, 'train', '--out', run, '--resume')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert same(weights(run), weights(reference))
-    assert losses(run) == losses(reference)
+    resume_matches(tmp_path, run, reference)
 
 def test_interrupt_stops_every_rank_at_one_step(corpus, reference, tmp_path):
     "SIGINT to torchrun (it forwards it): both ranks stop after the same step, rank 0 saves it; resuming ends bitwise equal"
@@ -128,10 +132,7 @@ def test_interrupt_stops_every_rank_at_one_step(corpus, reference, tmp_path):
     assert (run/'checkpoints'/'latest').read_text().strip() == f"step-{t[0]['step']:07d}"
     assert max(losses(run)) == t[0]['step']  # metrics flushed up to the saved step
     assert err.count('SIGINT: finishing this step') == 1  # rank 0 says it, once
-    r = torchrun(tmp_path, 'train', '--out', run, '--resume')
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert same(weights(run), weights(reference))
-    assert losses(run) == losses(reference)
+    resume_matches(tmp_path, run, reference)
 
 def test_oom_on_one_rank_shrinks_both(corpus, plain, tmp_path):
     "OOMs in rank 1's only (so last) micro-batch's backward: both ranks drop the step and shrink together, no hang, same run"
