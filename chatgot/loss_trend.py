@@ -151,11 +151,13 @@ def _judge(self:LossTrendCallback, x:torch.Tensor):
 def _drop_or_scale(self:LossTrendCallback, scale:torch.Tensor, drop:torch.Tensor):
     "Multiply the gradients by `scale` (NaN -> 0); a fused optimizer also skips its update exactly when `drop`"
     grads = [q.grad for q in self.learn.params if q.grad is not None]
+    opt = getattr(self.learn, 'opt', None)
+    fused = getattr(opt, '_step_supports_amp_scaling', False)
     if grads:
         torch._foreach_mul_(grads, scale)
-        for g in grads: g.nan_to_num_(0., 0., 0.)   # a dropped non-finite gradient becomes 0, not 0*NaN
-    opt = getattr(self.learn, 'opt', None)
-    if getattr(opt, '_step_supports_amp_scaling', False):
+        if not fused:                               # a fused optimizer skips a dropped step itself (below)
+            for g in grads: g.nan_to_num_(0., 0., 0.)   # a dropped non-finite gradient becomes 0, not 0*NaN
+    if fused:
         fi = getattr(opt, 'found_inf', None)        # MixedPrecision's flag, if it set one this step
         opt.found_inf = drop.float() if fi is None else torch.maximum(fi, drop.float())
 
