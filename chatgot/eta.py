@@ -164,6 +164,7 @@ class StepTimer:
         "Begin at `step` (a fit's start or a resume); the next `warmup_steps` steps are warm-up"
         self.t, self.step, self.tokens, self.regime, self.paused = now, step, tokens, regime, None
         self.warm_until, self.acc, self.raw = step + self.warmup_steps, [0., 0], [0., 0]
+        self.warm_s, self.warm_tok = 0., 0  # this fit's warm-up steps (a compile, a new micro-batch): seconds, tokens
 
     def wants_cut(self, step:int, regime=None) -> bool:
         "Should the caller synchronise and `cut` after this step (warm-up ends, or the regime changed)?"
@@ -177,7 +178,7 @@ class StepTimer:
             warm = self.step < self.warm_until or regime != self.regime
             if regime != self.regime: self.regime, self.warm_until = regime, step + self.warmup_steps - 1
             self.raw[0] += dt; self.raw[1] += n
-            if warm: self.est.add(dt, tok, regime, warm=True)
+            if warm: self.est.add(dt, tok, regime, warm=True); self.warm_s += dt; self.warm_tok += tok
             else: self.acc[0] += dt; self.acc[1] += tok
         elif n == 0: self.raw[0] += dt; self.acc[0] += dt  # a second cut after the same step: overhead
         self.t, self.step, self.tokens = now, step, tokens
@@ -502,10 +503,13 @@ def after_fit(self:ProgressCallback):
     self._refresh(force=True); self.bar.close()
     dt, tok = time.perf_counter() - self.t0, self.tokens - self.tok0
     msg = f"done: step {self.step}/{self.n_steps} in {_fmt_t(dt)}, {_fmt_num(tok / max(dt, 1e-9))} tok/s"
-    tot = getattr(getattr(self.learn, 'eta', None), 'totals', None)
-    if tot and sum(tot.values()) > 0:
-        train_s = max(dt - sum(tot.values()), 1e-9)
-        msg += f" ({_fmt_num(tok / train_s)} tok/s training; " + ', '.join(f"{k}s {_fmt_s(v)}" for k, v in tot.items() if v > 0) + ')'
+    eta = getattr(self.learn, 'eta', None)
+    tot, tm = dict(getattr(eta, 'totals', None) or {}), getattr(eta, 'timer', None)
+    warm_s, warm_tok = (tm.warm_s, tm.warm_tok) if tm is not None and tok > tm.warm_tok else (0., 0)
+    if sum(tot.values()) + warm_s > 0:  # the steady rate: without evals, saves and warm-up steps (a compile!)
+        train_s = max(dt - sum(tot.values()) - warm_s, 1e-9)
+        parts = ([f"warm-up {_fmt_s(warm_s)}"] if warm_s else []) + [f"{k}s {_fmt_s(v)}" for k, v in tot.items() if v > 0]
+        msg += f" ({_fmt_num((tok - warm_tok) / train_s)} tok/s training; " + ', '.join(parts) + ')'
     print(msg, file=self.stream, flush=True)
 
 # %% ../nbs/08_eta.ipynb #96ad591a
