@@ -11,12 +11,7 @@ from chatgot.train import train
 ROOT = Path(__file__).resolve().parents[1]
 DATA = tiny_data()
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny models gain nothing from a second thread and lose a lot when other jobs share the two cores"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 class Trace(Callback):
     "Per step: the batch it trained on and the micro-batch it used"

@@ -12,14 +12,9 @@ from chatgot.test_utils import tiny_data, tiny_model, tiny_text
 from chatgot import train as train_mod
 from chatgot.train import train
 
-pytestmark = pytest.mark.filterwarnings('ignore:--precision:UserWarning')  # fp16/bf16 without native kernels warn
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    "The tiny model gains nothing from threads, and one thread keeps the tests fast on a loaded machine"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.filterwarnings('ignore:--precision:UserWarning'),  # fp16/bf16 without native kernels warn
+              pytest.mark.usefixtures('one_thread')]                         # tests/conftest.py
 
 DATA = tiny_data()
 CPU_PRECISIONS = [p for p in ('fp32', 'bf16', 'fp16') if autocast_works('cpu', p)]

@@ -12,12 +12,7 @@ from chatgot.test_utils import tiny_data, tiny_model, tiny_text
 
 inf = math.inf
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Decoding a tiny model is latency-bound: one thread avoids OpenMP waits on a busy 2-core machine"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 def ctx(tokens, n_prompt=0, protected=None):
     return GenContext(torch.tensor(tokens), n_prompt, None if protected is None else torch.tensor(protected))
