@@ -10,11 +10,13 @@ import dataclasses, hashlib, json, os, pickle, re, shutil, signal, sys, threadin
 from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
+from .data import atomic_write_text
 from .learner import Callback, CancelFitException, Learner
 
 # %% auto #0
-__all__ = ['FILES', 'CheckpointError', 'ckpt_name', 'sha256', 'save_checkpoint', 'verify_checkpoint', 'check_model_config',
-           'load_state', 'load_checkpoint', 'list_checkpoints', 'find_checkpoint', 'prune_checkpoints',
+__all__ = ['FILES', 'CheckpointError', 'ckpt_name', 'sha256', 'save_checkpoint', 'recover_checkpoints', 'verify_checkpoint',
+           'check_model_config', 'load_state', 'load_checkpoint', 'list_checkpoints', 'find_checkpoint',
+           'abandoned_sets', 'best_checkpoint', 'abandon_checkpoints', 'prune_checkpoints', 'CheckpointSaveError',
            'CheckpointCallback']
 
 # %% ../nbs/03_checkpoint.ipynb #12d28fbc
@@ -39,35 +41,45 @@ def _fsync(path):
     finally: os.close(fd)
 
 # %% ../nbs/03_checkpoint.ipynb #3f3e255a
-def _write_text_atomic(path:Path, text:str):
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    tmp.write_text(text)
-    _fsync(tmp)
-    os.replace(tmp, path)
-    _fsync(path.parent)
+def _write_text_atomic(path:Path, text:str): atomic_write_text(path, text)
 
 def save_checkpoint(learn:Learner, ckpt_dir, config:dict|None=None) -> Path:
     "Write `learn`'s complete state to `ckpt_dir/step-NNNNNNN` atomically and point `latest` at it"
+    sd = learn.state_dict()  # first: on several processes this gathers from every rank
     ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
     final = ckpt_dir/ckpt_name(learn.step)
     tmp = ckpt_dir/f'.tmp-{final.name}-{os.getpid()}'
     if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(learn.model, str(tmp/'model.safetensors'))
-    torch.save(learn.state_dict(), tmp/'state.pt')
-    learn.data.tokenizer.save(str(tmp/'tokenizer.json'))
-    meta = dict(step=learn.step, tokens=learn.tokens, time=time.time(), val_loss=learn.val_loss,
-                config=config or {}, model=dataclasses.asdict(learn.model.config),
-                files={f: sha256(tmp/f) for f in FILES})
-    (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
-    for f in FILES + ('meta.json',): _fsync(tmp/f)
-    _fsync(tmp)
+    try:
+        tmp.mkdir()
+        save_model(learn.model, str(tmp/'model.safetensors'))
+        torch.save(sd, tmp/'state.pt')
+        learn.data.tokenizer.save(str(tmp/'tokenizer.json'))
+        val = learn.val_loss if getattr(learn, 'val_step', None) == learn.step else None
+        meta = dict(step=learn.step, tokens=learn.tokens, time=time.time(), val_loss=val,
+                    config=config or {}, model=dataclasses.asdict(learn.model.config),
+                    files={f: sha256(tmp/f) for f in FILES})
+        (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
+        for f in FILES + ('meta.json',): _fsync(tmp/f)
+        _fsync(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
     if final.exists(): final.rename(ckpt_dir/f'.replaced-{final.name}-{os.getpid()}')  # kept until the new one is in place
     os.rename(tmp, final)
     _fsync(ckpt_dir)
     _write_text_atomic(ckpt_dir/'latest', final.name + '\n')
     for old in ckpt_dir.glob(f'.replaced-{final.name}-*'): shutil.rmtree(old)
     return final
+
+def recover_checkpoints(ckpt_dir) -> list[str]:
+    "Put back a checkpoint a crash left moved aside (`.replaced-*` without its new copy); drop ones that were replaced"
+    ckpt_dir, back = Path(ckpt_dir), []
+    if not ckpt_dir.is_dir(): return back
+    for old in sorted(ckpt_dir.glob('.replaced-step-*')):
+        name = old.name[len('.replaced-'):].rsplit('-', 1)[0]
+        if (ckpt_dir/name).exists(): shutil.rmtree(old, ignore_errors=True)
+        else: old.rename(ckpt_dir/name); back.append(name)
+    return back
 
 # %% ../nbs/03_checkpoint.ipynb #4e6f3985
 def verify_checkpoint(path) -> dict:
@@ -112,6 +124,7 @@ def list_checkpoints(ckpt_dir) -> list[Path]:
 
 def find_checkpoint(ckpt_dir, log=print) -> tuple[Path, dict]:
     "The newest checkpoint that verifies, with its meta; reports each bad one it skips"
+    for name in recover_checkpoints(ckpt_dir): log(f"warning: {name} was left aside by a crash during a save; put back")
     cands = list_checkpoints(ckpt_dir)
     latest = Path(ckpt_dir)/'latest'
     if latest.exists():
@@ -123,28 +136,61 @@ def find_checkpoint(ckpt_dir, log=print) -> tuple[Path, dict]:
     raise CheckpointError(f"no usable checkpoint in {ckpt_dir}")
 
 # %% ../nbs/03_checkpoint.ipynb #05d33eb9
+def _val_loss(p:Path):
+    try: return json.loads((p/'meta.json').read_text()).get('val_loss')
+    except (OSError, ValueError): return None
+
+def abandoned_sets(ckpt_dir) -> list[Path]:
+    "Folders of checkpoints set aside by rewinds (`abandoned/rewind-N-to-STEP`), oldest first"
+    a = Path(ckpt_dir)/'abandoned'
+    return sorted((p for p in a.iterdir() if p.is_dir() and p.name.startswith('rewind-')), key=lambda p: p.stat().st_mtime) if a.is_dir() else []
+
+def best_checkpoint(ckpt_dir) -> Path|None:
+    "The checkpoint with the lowest recorded val loss, among the live and the abandoned ones"
+    cands = list_checkpoints(ckpt_dir) + [c for s in abandoned_sets(ckpt_dir) for c in list_checkpoints(s)]
+    scored = [(v, p) for p in cands if (v := _val_loss(p)) is not None]
+    return min(scored, key=lambda t: t[0])[1] if scored else None
+
+def abandon_checkpoints(ckpt_dir, after:int, tag:str) -> Path|None:
+    "Move the checkpoints of steps after `after` to `abandoned/TAG/`; returns that folder (None if there was nothing to move)"
+    later = [p for p in list_checkpoints(ckpt_dir) if int(p.name.split('-')[1]) > after]
+    if not later: return None
+    dest = Path(ckpt_dir)/'abandoned'/tag
+    if dest.exists(): dest = dest.with_name(f'{tag}-{time.time_ns()}')
+    dest.mkdir(parents=True)
+    for p in later: os.rename(p, dest/p.name)
+    _fsync(dest); _fsync(ckpt_dir)
+    return dest
+
 def prune_checkpoints(ckpt_dir, keep_last:int=3):
-    "Delete checkpoints beyond the newest `keep_last`, sparing the best by val loss"
-    cks = list_checkpoints(ckpt_dir)
-    def vl(p):
-        try: return json.loads((p/'meta.json').read_text()).get('val_loss')
-        except (OSError, ValueError): return None
-    scored = [(v, p) for p in cks if (v := vl(p)) is not None]
-    keep = set(cks[:max(1, keep_last)]) | ({min(scored, key=lambda t: t[0])[1]} if scored else set())
+    "Delete checkpoints beyond the newest `keep_last`, and abandoned sets that many saves old, sparing the best by val loss"
+    cks, best = list_checkpoints(ckpt_dir), best_checkpoint(ckpt_dir)
+    keep = set(cks[:max(1, keep_last)]) | {best}
     for p in cks:
         if p not in keep: shutil.rmtree(p)
+    for s in abandoned_sets(ckpt_dir):
+        m = re.search(r'-to-(\d+)', s.name); to = int(m.group(1)) if m else -1
+        if sum(int(p.name.split('-')[1]) > to for p in list_checkpoints(ckpt_dir)) < max(1, keep_last): continue
+        for p in list_checkpoints(s):
+            if p != best: shutil.rmtree(p)
+        if not any(s.iterdir()): s.rmdir()
 
 # %% ../nbs/03_checkpoint.ipynb #7b59f0c5
+class CheckpointSaveError(OSError):
+    "The final checkpoint (end of the run, or after Ctrl-C) could not be written"
+
 class CheckpointCallback(Callback):
     "Save atomically every `save_every` steps and at the end; keep the last `keep_last` and the best"
     order = 90
     def __init__(self, ckpt_dir, save_every:int=0, keep_last:int=3, config:dict|None=None, handle_signals:bool=True):
         self.ckpt_dir, self.save_every, self.keep_last, self.config = Path(ckpt_dir), save_every, keep_last, config
         self.handle_signals, self.interrupted, self.signalled, self.saved_step = handle_signals, None, None, None
+        self._old = {}  # signal handlers to give back (safe in `finally_fit` even if `before_fit` never ran)
 
     def before_fit(self):
         if self.dist.main:
             for t in self.ckpt_dir.glob('.tmp-*'): shutil.rmtree(t, ignore_errors=True)  # left by a killed save
+            recover_checkpoints(self.ckpt_dir)
         self.saved_step, self._old = self.step, {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._on_signal)
@@ -159,24 +205,32 @@ class CheckpointCallback(Callback):
         if self.dist.main:
             print(f"\n{self.signalled}: finishing this step, saving a checkpoint, then stopping (again to stop now)", file=sys.stderr)
 
-    def save(self):
+    def save(self, final:bool=False):
+        "Save this step; a failed save is an event and a warning (the next interval retries), or an error if `final`"
         if self.saved_step == self.step: return
-        if hasattr(self.learn, 'recorder'): self.learn.recorder.flush()
-        if self.dist.main:
-            save_checkpoint(self.learn, self.ckpt_dir, self.config)
-            prune_checkpoints(self.ckpt_dir, self.keep_last)
-        else: self.learn.state_dict()  # this rank's part of what rank 0 saves (its RNG state)
+        if 'recorder' in self.learn.__dict__: self.learn.recorder.flush()
+        if not self.dist.main: self.learn.state_dict(); self.saved_step = self.step; return  # this rank's part of rank 0's save
+        try: save_checkpoint(self.learn, self.ckpt_dir, self.config)
+        except OSError as e:
+            good = find_checkpoint(self.ckpt_dir, log=lambda m: None)[0].name if list_checkpoints(self.ckpt_dir) else None
+            msg = f"could not save the checkpoint of step {self.step} ({e}); the newest good one is {good or 'none'}"
+            if 'recorder' in self.learn.__dict__: self.learn.recorder.event('save_failed', error=str(e), latest=good, final=final)
+            if final: raise CheckpointSaveError(msg) from None
+            print(f"warning: {msg}; training goes on and the next save retries", file=sys.stderr, flush=True)
+            return
         self.saved_step = self.step
+        try: prune_checkpoints(self.ckpt_dir, self.keep_last)
+        except OSError as e: print(f"warning: could not delete old checkpoints ({e})", file=sys.stderr, flush=True)
 
     def after_step(self):
         due = self.save_every and self.step % self.save_every == 0
         if due and not self.learn.eval_due(): self.save()
-        if self.interrupted: self.save(); raise CancelFitException()
+        if self.interrupted: self.save(final=True); raise CancelFitException()
 
     def after_eval(self):
         if self.save_every and self.step % self.save_every == 0: self.save()
 
-    def after_fit(self): self.save()
+    def after_fit(self): self.save(final=True)
     def finally_fit(self):  # after a crash too: the run's signal handlers never outlive it
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}

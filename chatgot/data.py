@@ -7,8 +7,8 @@ Docs: https://chatgot.github.io/chatgot/data.html.md"""
 # %% auto #0
 __all__ = ['BUILTINS', 'SPEAKER_COLS', 'LINE_COLS', 'TEXT_EXTS', 'CorpusError', 'play_to_dialogue', 'builtin_files',
            'rows_to_dialogue', 'load_corpus', 'speakers', 'train_tokenizer', 'encode_text', 'load_tokenizer',
-           'token_bytes', 'default_cache_dir', 'cached_tokenizer', 'split_tokens', 'TokenData', 'prepare_data',
-           'BatchSampler', 'eval_batches']
+           'token_bytes', 'default_cache_dir', 'atomic_write', 'atomic_write_text', 'cached_tokenizer', 'split_text',
+           'check_split', 'split_tokens', 'TokenData', 'prepare_data', 'BatchSampler', 'eval_batches']
 
 # %% ../nbs/00_data.ipynb #94c8e86f
 import csv, hashlib, importlib.util, io, json, os, re, tempfile
@@ -225,7 +225,7 @@ def token_bytes(tok:Tokenizer) -> np.ndarray:
     return out
 
 # %% ../nbs/00_data.ipynb #005282e3
-_CACHE_VERSION = 1  # bump when tokenization or splitting changes
+_CACHE_VERSION = 2  # bump when tokenization or splitting changes (2: text split, tokenizer on train only)
 
 def default_cache_dir() -> Path:
     "The cache folder: `$CHATGOT_CACHE`, else `~/.cache/chatgot`."
@@ -237,15 +237,24 @@ def _sha(*parts) -> str:
     for p in parts: h.update(p.encode('utf-8') if isinstance(p, str) else p); h.update(b'\x1f')
     return h.hexdigest()
 
-def _atomic_write(path:Path, write):
-    "Call `write(file)` on a temporary file next to `path`, then rename it to `path`."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
+def atomic_write(path, write):
+    "Call `write(file)` on a temporary file next to `path`, fsync it, rename it to `path`, fsync the folder."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
         os.chmod(tmp, 0o644); os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try: os.fsync(dfd)
+        finally: os.close(dfd)
+    except OSError: pass  # folders cannot be fsynced everywhere (Windows); the rename is done
+
+def atomic_write_text(path, text:str):
+    "`atomic_write` of a UTF-8 string."
+    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
 
 # %% ../nbs/00_data.ipynb #b69499a6
 def cached_tokenizer(text:str, kind:str='bpe', vocab_size:int=8192, cache_dir=None) -> Tokenizer:
@@ -254,10 +263,41 @@ def cached_tokenizer(text:str, kind:str='bpe', vocab_size:int=8192, cache_dir=No
     path = Path(cache_dir or default_cache_dir())/f'tokenizer-{_sha(str(_CACHE_VERSION), text, kind, str(size))[:24]}.json'
     if path.is_file(): return Tokenizer.from_file(str(path))
     tok = train_tokenizer(text, kind, vocab_size)
-    _atomic_write(path, lambda f: f.write(tok.to_str().encode('utf-8')))
+    atomic_write_text(path, tok.to_str())
     return tok
 
 # %% ../nbs/00_data.ipynb #12ef4c86
+def _cut(text:str, pos:int, span:int) -> int:
+    "A cut near `pos`: after the next blank line within `span` characters, else after the next newline, else `pos`."
+    for sep in ('\n\n', '\n'):
+        j = text.find(sep, pos, pos + span)
+        if j >= 0: return j + len(sep)
+    return pos
+
+def split_text(text:str, # the whole corpus
+               val_frac:float=0.1, # fraction of chunks held out
+               n_chunks:int=100, # most chunks to cut the text into
+               min_chunk:int=1000, # fewest characters per chunk (fewer chunks for a small corpus)
+              ) -> tuple[str, str]:
+    "Split `text` into (train, val) made of whole contiguous chunks cut at blank lines; the chunks are fixed by the corpus alone."
+    if not 0 < val_frac < 1: raise CorpusError(f"val_frac must be between 0 and 1, got {val_frac}")
+    n = max(2, min(n_chunks, len(text) // min_chunk))
+    span = max(1, len(text) // n // 2)
+    cuts = sorted({0, len(text)} | {_cut(text, round(i * len(text) / n), span) for i in range(1, n)})
+    chunks = [text[a:b] for a, b in zip(cuts, cuts[1:]) if b > a]
+    if len(chunks) < 2: return text, ''
+    k = min(len(chunks) - 1, max(1, round(val_frac * len(chunks))))
+    is_val = np.zeros(len(chunks), bool); is_val[np.random.default_rng(0).choice(len(chunks), k, replace=False)] = True
+    return ''.join(c for c, v in zip(chunks, is_val) if not v), ''.join(c for c, v in zip(chunks, is_val) if v)
+
+def check_split(n_train:int, n_val:int, seq_len:int, name:str='corpus'):
+    "Raise a one-line `CorpusError` unless each split holds one sequence of `seq_len`+1 tokens."
+    if min(n_train, n_val) < seq_len + 1:
+        raise CorpusError(f"{name} is too short: {n_train + n_val} tokens ({n_train} train, {n_val} val), need at least "
+                          f"{2*(seq_len+1)} (one sequence of {seq_len}+1 tokens in each of train and val; a shorter --seq-len "
+                          f"or a larger --val-fraction may help)")
+
+# %% ../nbs/00_data.ipynb #1a0f3f82
 def split_tokens(ids:np.ndarray, # token ids of the whole corpus
                  val_frac:float=0.1, # fraction of chunks held out
                  seq_len:int=256, # each split must hold seq_len+1 tokens
@@ -265,7 +305,7 @@ def split_tokens(ids:np.ndarray, # token ids of the whole corpus
                  n_chunks:int=100, # chunks to cut the stream into (fewer for a small corpus)
                  name:str='corpus', # names the corpus in errors
                 ):
-    "Split `ids` into (train, val) made of whole contiguous chunks; val is a seeded `val_frac` of them."
+    "The split of runs made before the cache's version 2: whole contiguous token chunks, a seeded `val_frac` of them in val."
     if not 0 < val_frac < 1: raise CorpusError(f"val_frac must be between 0 and 1, got {val_frac}")
     n = min(n_chunks, len(ids) // (seq_len + 1))
     if n < 2: raise CorpusError(f"{name} is too short: {len(ids)} tokens, need at least {2*(seq_len+1)} "
@@ -293,25 +333,29 @@ class TokenData:
 def prepare_data(src:str='builtin:shakespeare', # corpus: builtin:NAME, a file, a folder, a CSV/JSONL table
                  tokenizer:str='bpe', # 'bpe' or 'char' (or a `Tokenizer`)
                  vocab_size:int=8192, # BPE vocabulary size
-                 val_frac:float=0.1, # fraction of the token chunks held out for validation
+                 val_frac:float=0.1, # fraction of the text held out for validation
                  seq_len:int=256, # each split must hold at least seq_len+1 tokens
                  tokenizer_path=None, # a tokenizer.json to use instead of training one
                  cache_dir=None, # cache folder (default `$CHATGOT_CACHE` or ~/.cache/chatgot)
-                 seed:int=0, # seed of the split
+                 split_seed:int|None=None, # None: the corpus's own split; an int: the seeded token split of old runs
                 ) -> TokenData:
-    "Load `src`, tokenize it (cached), and split it into train and val token arrays."
-    cache = Path(cache_dir or default_cache_dir())
+    "Load `src`, split it into train and val, tokenize both (cached) with a tokenizer trained on train."
+    cache, name = Path(cache_dir or default_cache_dir()), f'corpus {src}'
     text = load_corpus(src)
+    train_text, val_text = split_text(text, val_frac) if split_seed is None else (text, None)
     if tokenizer_path is not None: tok = load_tokenizer(tokenizer_path)
     elif isinstance(tokenizer, Tokenizer): tok = tokenizer
-    else: tok = cached_tokenizer(text, tokenizer, vocab_size, cache)
+    else: tok = cached_tokenizer(train_text, tokenizer, vocab_size, cache)
     dtype = np.uint16 if tok.get_vocab_size() <= 2**16 else np.uint32
-    key = _sha(str(_CACHE_VERSION), text, tok.to_str(), json.dumps(dict(val_frac=val_frac, seed=seed, seq_len=seq_len)))[:24]
+    how = dict(val_frac=val_frac) if split_seed is None else dict(val_frac=val_frac, seed=split_seed, seq_len=seq_len)
+    key = _sha(str(_CACHE_VERSION), text, tok.to_str(), json.dumps(how))[:24]
     paths = [cache/f'tokens-{key}-{s}.npy' for s in ('train', 'val')]
     if not all(p.is_file() for p in paths):
-        for p, a in zip(paths, split_tokens(encode_text(tok, text), val_frac, seq_len, seed, name=f'corpus {src}')):
-            _atomic_write(p, lambda f: np.save(f, a.astype(dtype)))
+        if split_seed is None: arrays = encode_text(tok, train_text), encode_text(tok, val_text)
+        else: arrays = split_tokens(encode_text(tok, text), val_frac, seq_len, split_seed, name=name)
+        for p, a in zip(paths, arrays): atomic_write(p, lambda f: np.save(f, a.astype(dtype)))
     train, val = (np.load(p, mmap_mode='r') for p in paths)
+    check_split(len(train), len(val), seq_len, name)
     tb = token_bytes(tok)
     return TokenData(train, val, int(tb[train].sum()), int(tb[val].sum()), tok, str(src))
 

@@ -6,18 +6,19 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
-import gc, json, math, os, random, resource, time
-from contextlib import nullcontext
+import gc, json, math, os, random, resource, sys, tempfile, time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import noop
-from .data import BatchSampler, TokenData, eval_batches, token_bytes
+from .data import BatchSampler, TokenData, atomic_write_text, eval_batches, token_bytes
 
 # %% auto #0
 __all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'current_memory',
            'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner', 'set_lr',
-           'is_oom', 'evaluate', 'eval_due', 'fit', 'state_dict', 'load_state_dict', 'Recorder']
+           'is_oom', 'OutOfMemoryStop', 'release_memory', 'retry_oom', 'stop_on_oom', 'evaluate', 'eval_due', 'fit',
+           'state_dict', 'load_state_dict', 'jsonl_line', 'read_jsonl', 'keep_rows_upto', 'Recorder']
 
 # %% ../nbs/02_learner.ipynb #b021a455
 class CancelStepException(Exception):
@@ -35,6 +36,7 @@ _events = """before_fit before_step before_micro_batch after_loss before_backwar
 class Callback:
     "Base class: methods named after events, an `order`, and a state protocol for checkpoints"
     order, learn = 0, None
+    observer = False  # True: only watches training; if it fails it is switched off and the run goes on
     @property
     def name(self):
         n = type(self).__name__
@@ -142,7 +144,7 @@ class Learner:
         self.opt = model.configure_optimizer(lr, weight_decay=weight_decay, betas=betas)
         self.sampler = BatchSampler(data.train, batch_size, self.seq_len, seed=seed)
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
-        self.step, self.tokens, self.precision, self.oom = 0, 0, 'fp32', None
+        self.step, self.tokens, self.precision, self.oom, self.fatal, self.val_step = 0, 0, 'fp32', None, None, None
         self.autocast = torch.autocast(self.device.type, enabled=False)
         self.cbs = []
         self.add_cbs([Recorder()] + list(cbs))
@@ -156,7 +158,22 @@ class Learner:
         self.cbs.sort(key=lambda c: c.order)
 
     def __call__(self, event:str):
-        for cb in self.cbs: getattr(cb, event, noop)()
+        if event not in _events: raise ValueError(f"unknown event {event!r}")
+        for cb in list(self.cbs):
+            f = getattr(cb, event, None)
+            if f is None: continue
+            if not cb.observer: f(); continue
+            try: f()
+            except Exception as e: self.drop_observer(cb, event, e)
+
+    def drop_observer(self, cb:Callback, where:str, e:BaseException):
+        "An observer failed: report it once (an `observer_error` event, one warning line) and detach it"
+        if cb in self.cbs: self.cbs.remove(cb)
+        if self.__dict__.get(cb.name) is cb: del self.__dict__[cb.name]
+        msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        print(f"warning: {type(cb).__name__} failed in {where} ({msg}); it is switched off, training goes on", file=sys.stderr, flush=True)
+        if cb is not self.__dict__.get('recorder') and 'recorder' in self.__dict__:
+            self.recorder.event('observer_error', callback=type(cb).__name__, where=where, error=msg)
 
     @property
     def local_batch_size(self) -> int:
@@ -195,23 +212,27 @@ def _accumulate(self:Learner):
             self('after_backward')
         self.step_loss += self.loss.detach().float() * w
 
+def _clip(self:Learner): return torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float('inf'))
+
 def _opt_step(self:Learner):
-    "Clip, then update (a callback may replace the update by raising `CancelStepException`)"
+    "Clip, then update (a callback may replace the update by raising `CancelStepException`); each part survives an OOM"
     self('before_clip')
-    self.grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float('inf'))
+    self.grad_norm = self.retry_oom(self._clip, 'clip')
     self('before_opt_step')
-    self.opt.step()
+    self.retry_oom(lambda: self.opt.step(), 'optimizer step')
     self('after_opt_step')
 
 def _do_step(self:Learner):
     self.step_loss = self.grad_norm = torch.full((), float('nan'), device=self.device)
     self.mem_base = current_memory(self.device) if reset_peak_memory(self.device) else None  # this step's peak starts here
+    at = self.sampler.state_dict()
     self.xb, self.yb = (t.to(self.device, non_blocking=True) for t in self.sampler.next_batch())
     n = getattr(self.sampler, 'n_tok', None)  # a sampler that hands out a slice of the batch counts the whole batch
     self.n_tok = None if n is None else n.to(self.device, non_blocking=True)
     self.set_lr(lr_at(self.step, self.lr, self.total_steps, self.warmup, self.min_lr_frac))
-    self._accumulate_or_retry()
-    self._opt_step()
+    with self.stop_on_oom(f'step {self.step + 1}', undo=lambda: self.sampler.load_state_dict(at)):  # a resumed run redoes this batch
+        self._accumulate_or_retry()
+        self._opt_step()
 
 def _end_step(self:Learner):
     self.mem_peak = None if getattr(self, 'mem_base', None) is None else peak_memory(self.device)  # host counters, no sync
@@ -223,7 +244,7 @@ def set_lr(self:Learner, lr:float):
     for g in self.opt.param_groups: g['lr'] = lr
     self.cur_lr = lr
 
-for f in (_accumulate, _opt_step, _do_step, _end_step, set_lr): setattr(Learner, f.__name__, f)
+for f in (_accumulate, _clip, _opt_step, _do_step, _end_step, set_lr): setattr(Learner, f.__name__, f)
 
 # %% ../nbs/02_learner.ipynb #bf626a18
 _oom_texts = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -232,6 +253,15 @@ def is_oom(e:BaseException) -> bool:
     "Is `e` an out-of-memory error (CUDA/MPS `torch.OutOfMemoryError`, the CPU allocator's `RuntimeError`, `MemoryError`)?"
     if isinstance(e, (torch.OutOfMemoryError, MemoryError)): return True
     return isinstance(e, RuntimeError) and any(t in str(e) for t in _oom_texts)
+
+class OutOfMemoryStop(RuntimeError):
+    "Out of memory even after every retry: the run stopped with a checkpoint of its last complete step"
+
+def release_memory(device, full:bool=True):
+    "Give cached memory back: the garbage collector (young generations only unless `full`), then the device cache"
+    gc.collect(2 if full else 1)
+    if torch.device(device).type == 'cuda': torch.cuda.empty_cache()
+    elif torch.device(device).type == 'mps': torch.mps.empty_cache()
 
 def _try_accumulate(self:Learner) -> bool:
     "`_accumulate`; on OOM record it in `learn.oom` (plain values) and return False, outside the `except`"
@@ -246,9 +276,7 @@ def _free_memory(self:Learner):
     "Drop the partial gradients and the step's intermediate tensors, then return cached memory"
     self.opt.zero_grad(set_to_none=True)
     self.loss = self.loss_grad = self.mb_x = self.mb_y = None
-    gc.collect(1 if self.oom_retries == 0 else 2)  # young generations first: a full pass costs ~0.13 s
-    if self.device.type == 'cuda': torch.cuda.empty_cache()
-    elif self.device.type == 'mps': torch.mps.empty_cache()
+    release_memory(self.device, full=self.oom_retries > 0)  # young generations first: a full pass costs ~0.13 s
 
 def _accumulate_or_retry(self:Learner):
     "Forward and backward; after an OOM a callback in `after_oom` may set `learn.oom_retry` to redo the same batch"
@@ -265,29 +293,66 @@ def _accumulate_or_retry(self:Learner):
         self.oom_retries += 1
     self._oom_error = None
 
-for f in (_try_accumulate, _free_memory, _accumulate_or_retry): setattr(Learner, f.__name__, f)
+def retry_oom(self:Learner, f, where:str, tries:int=3, shrink=None):
+    "`f()`, redone after an out-of-memory error (memory released, then `shrink()` if given) up to `tries` times"
+    for i in range(tries + 1):
+        err = None
+        try: return f()
+        except Exception as e:
+            if not is_oom(e) or i == tries: raise
+            err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"  # plain text: the frames go with `e`
+        release_memory(self.device)
+        if shrink is not None: shrink()
+        if 'recorder' in self.__dict__: self.recorder.event('oom', where=where, retry=i + 1, error=err)
+
+@contextmanager
+def stop_on_oom(self:Learner, what:str, undo=noop):
+    "An OOM that escapes the block stops the fit cleanly: `undo()`, `learn.fatal` = `OutOfMemoryStop`, `CancelFitException`"
+    msg = None
+    try: yield
+    except Exception as e:
+        if not is_oom(e): raise
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if msg is None: return
+    undo(); release_memory(self.device)
+    self.fatal = OutOfMemoryStop(f"out of memory in {what} after every retry ({msg}); the run stopped at step {self.step} "
+                                 "with a checkpoint: resume with a smaller --micro-batch-size, --seq-len or model, or --grad-checkpoint")
+    if 'recorder' in self.__dict__: self.recorder.event('oom_stop', where=what, error=msg)
+    raise CancelFitException()
+
+for f in (_try_accumulate, _free_memory, _accumulate_or_retry, retry_oom, stop_on_oom): setattr(Learner, f.__name__, f)
 Learner.max_oom_retries = 32  # a handler that keeps asking for retries cannot loop forever
 
 # %% ../nbs/02_learner.ipynb #085bd812
 @torch.no_grad()
-def _evaluate(self:Learner):
-    self.model.eval()
+def _eval_sums(self:Learner, mb:int) -> tuple:
+    "Summed loss, target tokens and target bytes over the validation windows, `mb` rows at a time"
     loss_sum, n_tok, n_bytes, d = 0., 0, 0, self.dist
+    for x, y in eval_batches(self.data.val, self.batch_size, self.seq_len, max_batches=self.eval_n):
+        if d.world > 1: x, y = x.tensor_split(d.world)[d.rank], y.tensor_split(d.world)[d.rank]  # this rank's rows
+        x, y = x.to(self.device), y.to(self.device)
+        for i in range(0, x.shape[0], mb):
+            xm, ym = x[i:i + mb], y[i:i + mb]
+            with self.autocast: _, loss = self.model(xm, ym)
+            n = int((ym != -1).sum())
+            loss_sum += float(loss.float()) * n
+            n_tok += n
+            n_bytes += int(self.tok_bytes[ym[ym != -1]].sum())
+    return loss_sum, n_tok, n_bytes
+
+def _evaluate(self:Learner):
+    box = dict(mb=self.micro_batch_size)
+    def halve():
+        if box['mb'] == 1: raise self._eval_oom  # nothing left to shrink
+        box['mb'] = max(1, box['mb'] // 2)
+    self.model.eval()
     try:
-        for x, y in eval_batches(self.data.val, self.batch_size, self.seq_len, max_batches=self.eval_n):
-            if d.world > 1: x, y = x.tensor_split(d.world)[d.rank], y.tensor_split(d.world)[d.rank]  # this rank's rows
-            x, y = x.to(self.device), y.to(self.device)
-            for i in range(0, x.shape[0], self.micro_batch_size):
-                xm, ym = x[i:i + self.micro_batch_size], y[i:i + self.micro_batch_size]
-                with self.autocast: _, loss = self.model(xm, ym)
-                n = int((ym != -1).sum())
-                loss_sum += float(loss.float()) * n
-                n_tok += n
-                n_bytes += int(self.tok_bytes[ym[ym != -1]].sum())
+        self._eval_oom = OutOfMemoryStop("out of memory in evaluation even one sequence at a time")
+        with self.stop_on_oom(f'the evaluation at step {self.step}'):
+            loss_sum, n_tok, n_bytes = self.retry_oom(lambda: self._eval_sums(box['mb']), 'eval', tries=16, shrink=halve)
     finally: self.model.train()
-    if d.world > 1: loss_sum, n_tok, n_bytes = d.sum([loss_sum, n_tok, n_bytes])
-    self.val_loss = loss_sum / n_tok
-    self.val_bpb = loss_sum / math.log(2) / n_bytes
+    if self.dist.world > 1: loss_sum, n_tok, n_bytes = self.dist.sum([loss_sum, n_tok, n_bytes])
+    self.val_loss, self.val_bpb, self.val_step = loss_sum / n_tok, loss_sum / math.log(2) / n_bytes, self.step
 
 def evaluate(self:Learner):
     "Validation loss and bits/byte, through the eval events"
@@ -304,17 +369,26 @@ def _fit(self:Learner):
         self._with_events(self._do_step, 'step', CancelStepException, self._end_step)
         if self.eval_due(): self.evaluate()
 
+def _finally_fit(self:Learner):
+    "Every `finally_fit` handler, each on its own: one that fails is reported, never hides the run's own error"
+    for cb in list(self.cbs):
+        f = getattr(cb, 'finally_fit', None)
+        if f is None: continue
+        try: f()
+        except Exception as e: print(f"warning: {type(cb).__name__}.finally_fit failed ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
+
 def fit(self:Learner, n_steps:int):
     "Train until optimizer step `n_steps` (counting from step 0, so a resumed learner finishes the same run)"
     if self.dist.world > 1 and not hasattr(self, 'ddp'):
         raise ValueError("a Learner on several processes needs chatgot.distributed.DDPCallback to synchronise its gradients")
-    self.n_steps = n_steps
+    self.n_steps, self.fatal = n_steps, None
     if self.total_steps is None: self.total_steps = n_steps
-    self.val_loss = self.val_bpb = None
+    self.val_loss = self.val_bpb = self.val_step = None
     try: self._with_events(self._fit, 'fit', CancelFitException)
-    finally: self('finally_fit')  # also after a crash: callbacks give back what they took (signal handlers, files)
+    finally: self._finally_fit()  # also after a crash: callbacks give back what they took (signal handlers, files)
+    if self.fatal is not None: raise self.fatal
 
-for f in (_evaluate, evaluate, eval_due, _fit, fit): setattr(Learner, f.__name__, f)
+for f in (_eval_sums, _evaluate, evaluate, eval_due, _fit, _finally_fit, fit): setattr(Learner, f.__name__, f)
 
 # %% ../nbs/02_learner.ipynb #0d8bae7f
 def state_dict(self:Learner) -> dict:
@@ -340,6 +414,43 @@ def load_state_dict(self:Learner, sd:dict):
 
 for f in (state_dict, load_state_dict): setattr(Learner, f.__name__, f)
 
+# %% ../nbs/02_learner.ipynb #1e4d640f
+def _strict(row:dict) -> dict:
+    "`row` with non-finite floats as None, named with their value in `row['nonfinite']` (nested ones just None)"
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v): return None
+        if isinstance(v, dict): return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)): return [clean(x) for x in v]
+        return v
+    bad = {k: str(v).replace('inf', 'Infinity').replace('nan', 'NaN') for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    return {**clean(row), 'nonfinite': bad} if bad else clean(row)
+
+def jsonl_line(row:dict) -> str:
+    "One strict-JSON line (ending in a newline) for `row`"
+    return json.dumps(_strict(row), allow_nan=False) + '\n'
+
+def _stderr(msg): print(msg, file=sys.stderr, flush=True)
+
+def read_jsonl(path, warn=_stderr) -> list[dict]:
+    "The objects of a JSONL file, non-finite values restored; lines that do not parse (a torn last line) are skipped with a warning"
+    try: lines = Path(path).read_text(encoding='utf-8', errors='replace').splitlines()
+    except FileNotFoundError: return []
+    rows, bad = [], 0
+    for l in lines:
+        if not l.strip(): continue
+        try: r = json.loads(l)
+        except ValueError: bad += 1; continue
+        if not isinstance(r, dict): bad += 1; continue
+        for k, v in (r.pop('nonfinite', None) or {}).items(): r[k] = float(v)
+        rows.append(r)
+    if bad and warn: warn(f"warning: {path}: skipped {bad} line(s) that are not whole JSON objects (a torn write?)")
+    return rows
+
+def keep_rows_upto(path, step:int):
+    "Rewrite a JSONL run file atomically with only its rows of steps <= `step` (torn lines dropped)"
+    rows = read_jsonl(path, warn=_stderr)
+    atomic_write_text(path, ''.join(jsonl_line(r) for r in rows if r.get('step', 0) <= step))
+
 # %% ../nbs/02_learner.ipynb #3c8ba2a9
 class Recorder(Callback):
     "Collect per-step metrics on the device, flush them to `metrics.jsonl` at log intervals"
@@ -347,13 +458,11 @@ class Recorder(Callback):
     def __init__(self, log_every:int=10, ema_beta:float=0.98):
         self.log_every, self.beta = log_every, ema_beta
         self.rows, self.pending, self.ema, self.ema_n = [], [], 0., 0
-        self.resumed_from = None
+        self.resumed_from, self.write_failed = None, False
 
     def before_fit(self):
         self.path = self.learn.out/'metrics.jsonl' if self.learn.out else None
-        if self.path and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get('step', 0) <= self.step]
-            self.path.write_text(''.join(l + '\n' for l in keep))
+        if self.path and self.path.exists(): keep_rows_upto(self.path, self.step)
         if self.resumed_from is not None: self.event('resume', tokens=self.tokens)
         self.t_last, self.step_last = time.perf_counter(), self.step
         self._nan = torch.full((), float('nan'), device=self.device)
@@ -371,8 +480,8 @@ class Recorder(Callback):
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
         now, n = time.perf_counter(), len(self.pending)
         dt = (now - self.t_last) / max(1, (step or self.pending[-1][0]) - self.step_last)
-        timing = getattr(self.learn, 'eta', None)  # `chatgot.eta.EtaCallback` if attached: step time without pauses, robust ETA
-        if timing is not None: timing.report(now, self.pending[-1][0])
+        timing = self.learn.__dict__.get('eta')  # `chatgot.eta.EtaCallback` if attached: step time without pauses, robust ETA
+        if timing is not None: self._observe(timing, 'report', now, self.pending[-1][0])
         vals = torch.stack([torch.stack([p[2].float(), p[3].float(), p[4].float()]) for p in self.pending]).cpu().tolist()
         total = getattr(self.learn, 'n_steps', 0)
         for (st, tok, *_, lr, mbs, prec, mem), (loss, gn, ema) in zip(self.pending, vals):
@@ -380,31 +489,41 @@ class Recorder(Callback):
                 self.ema_n += 1
                 self.ema = self.beta * self.ema + (1 - self.beta) * loss
             if not math.isfinite(ema): ema = self.ema / (1 - self.beta ** self.ema_n) if self.ema_n else None
-            row = dict(step=st, tokens=tok, loss=loss, loss_ema=ema,
+            row = dict(kind='step', step=st, tokens=tok, loss=loss, loss_ema=ema,
                        lr=lr, batch_size=self.batch_size, micro_batch_size=mbs, grad_norm=gn, precision=prec,
                        mem_peak_bytes=mem, step_time_s=dt, tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
                        eta_s=dt * max(0, total - st))
-            if timing is not None: row.update(timing.fields(st))
+            if (timing := self.learn.__dict__.get('eta')) is not None: row.update(self._observe(timing, 'fields', st) or {})
             self._write(row)
         self.pending, self.t_last, self.step_last = [], now, self.pending[-1][0]
 
+    def _observe(self, cb, method, *args):
+        "Call an observer's method for a row; if it fails it is detached like any failing observer"
+        try: return getattr(cb, method)(*args)
+        except Exception as e: self.learn.drop_observer(cb, method, e)
+
     def after_eval(self):
         self.flush(self.step)
-        self._write(dict(step=self.step, tokens=self.tokens, val_loss=self.val_loss, val_bpb=self.val_bpb))
+        self._write(dict(kind='eval', step=self.step, tokens=self.tokens, val_loss=self.val_loss, val_bpb=self.val_bpb))
 
     def event(self, name:str, **info):
         "Log an event row (`oom`, `spike`, `fallback`, ...) with the numbers that explain it"
-        self._write({'step': self.step, 'event': name, **info})
+        self._write({'kind': 'event', 'step': self.step, 'event': name, **info})
 
     def after_fit(self): self.flush()
 
     def _write(self, row:dict):
         self.rows.append(row)
-        if self.path:
-            with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+        if not self.path: return
+        try:
+            with open(self.path, 'a') as f: f.write(('\n' if self.write_failed else '') + jsonl_line(row))  # never glue onto a torn line
+            if self.write_failed: self.write_failed = False; _stderr(f"{self.path}: writing again")
+        except OSError as e:
+            if not self.write_failed: _stderr(f"warning: cannot write {self.path} ({e}); rows are kept in memory, training goes on")
+            self.write_failed = True
 
     @property
-    def losses(self): return [r['loss'] for r in self.rows if 'loss' in r]
+    def losses(self): return [r['loss'] for r in self.rows if r.get('kind') == 'step']
     def state_dict(self): return {'ema': self.ema, 'ema_n': self.ema_n}
     def load_state_dict(self, sd):
         self.ema, self.ema_n, self.resumed_from = sd['ema'], sd['ema_n'], True

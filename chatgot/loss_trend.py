@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch, store_attr
 from .learner import Callback, CancelStepException
-from .checkpoint import CheckpointError, list_checkpoints, load_checkpoint, verify_checkpoint, _write_text_atomic
+from .checkpoint import CheckpointError, abandon_checkpoints, list_checkpoints, load_checkpoint, verify_checkpoint, _write_text_atomic
 
 # %% auto #0
 __all__ = ['robust_trend', 'DivergenceError', 'LossTrendCallback', 'ScriptedLearner', 'noisy', 'InjectSpikes']
@@ -149,7 +149,7 @@ def _judge(self:LossTrendCallback, x:torch.Tensor):
 
 @patch
 def _drop_or_scale(self:LossTrendCallback, scale:torch.Tensor, drop:torch.Tensor):
-    "Multiply the gradients by `scale` (NaN -> 0); a fused optimizer also skips its update exactly when `drop`"
+    "Multiply the gradients by `scale` (NaN -> 0); a fused optimizer skips its update on the device when `drop`, else return `drop`"
     grads = [q.grad for q in self.learn.params if q.grad is not None]
     opt = getattr(self.learn, 'opt', None)
     fused = getattr(opt, '_step_supports_amp_scaling', False)
@@ -160,6 +160,8 @@ def _drop_or_scale(self:LossTrendCallback, scale:torch.Tensor, drop:torch.Tensor
     if fused:
         fi = getattr(opt, 'found_inf', None)        # MixedPrecision's flag, if it set one this step
         opt.found_inf = drop.float() if fi is None else torch.maximum(fi, drop.float())
+        return None
+    return drop  # any other optimizer: the caller cancels the step on the host (free on the CPU, one sync on a GPU)
 
 # %% ../nbs/07_loss_trend.ipynb #b3e505a7
 @patch
@@ -181,7 +183,7 @@ def before_opt_step(self:LossTrendCallback):
         med = slope = pred = dev = z = self._nan
         skip = clip = self._no
         scale, high = torch.where(bad, 0., 1.), ~loss.isfinite()
-    self._drop_or_scale(scale, bad | skip)
+    host_drop = self._drop_or_scale(scale, bad | skip)
     self.buf[:, self.n_seen % self.window] = torch.where(bad | skip, self._nan, x)   # a skipped step stays out of the window
     self.n_seen += 1
     upd = ~bad & ~skip
@@ -193,6 +195,7 @@ def before_opt_step(self:LossTrendCallback):
     self._queue(loss, gn, med, pred, dev, z, action, scale, slope[0])
     self._judged = True
     self.learn.set_lr(self.cur_lr * self.lr_mult)
+    if host_drop is not None and bool(host_drop): raise CancelStepException()  # a real skip: weights, moments, step counts stay
 
 @patch
 def _queue(self:LossTrendCallback, loss, gn, med, pred, dev, z, action, scale, slope):
@@ -296,7 +299,7 @@ def load_state_dict(self:LossTrendCallback, sd:dict):
 # %% ../nbs/07_loss_trend.ipynb #1b62f652
 @patch
 def _good_checkpoint(self:LossTrendCallback, last:int, load:bool) -> Path|None:
-    "The newest checkpoint at or before step `last` that verifies (and loads, if `load`); newer ones are deleted"
+    "The newest checkpoint at or before step `last` that verifies (and loads, if `load`); newer ones are moved to `abandoned/`"
     ck = getattr(self.learn, 'checkpoint', None)
     if ck is None: return None
     d = self.learn.dist
@@ -309,11 +312,15 @@ def _good_checkpoint(self:LossTrendCallback, last:int, load:bool) -> Path|None:
             if err is not None: print(f"warning: cannot use {p.name}: {err}", file=sys.stderr)
             continue
         if d.main:                                      # every rank has read it (`any` waited for all)
-            for q in list_checkpoints(ck.ckpt_dir):
-                if q.name > p.name: shutil.rmtree(q)    # written during the diverged stretch
+            step = int(p.name.split('-')[1])            # checkpoints of the diverged stretch: set aside, never deleted on a guess
+            self.moved_to = abandon_checkpoints(ck.ckpt_dir, step, f'rewind-{self.rewinds + 1}-to-{step}')
             _write_text_atomic(ck.ckpt_dir/'latest', p.name + '\n')
         return p
     return None
+
+def _rel(p:Path|None) -> str|None:
+    "Where a rewind moved the abandoned checkpoints, relative to the run folder"
+    return None if p is None else p.relative_to(p.parents[2]).as_posix()
 
 def _why(i:dict) -> str:
     if i['reason'] == 'rising': return f"the loss EMA ({i['loss_ema']:.4g}) was {(i['loss_ema'] / i['best_ema'] - 1):.1%} above its best ({i['best_ema']:.4g} at step {i['best_step']})"
@@ -322,11 +329,11 @@ def _why(i:dict) -> str:
 @patch
 def _diverged(self:LossTrendCallback, last_good:int, **info):
     "Rewind to a checkpoint at or before `last_good` (or lower the LR if none fits); raise `DivergenceError` once `max_rewinds` are spent"
-    rec = getattr(self.learn, 'recorder', None)
+    rec, self.moved_to = getattr(self.learn, 'recorder', None), None
     if rec is not None: rec.flush()                      # rows of the abandoned stretch, before any state is restored
     if self.rewinds >= self.max_rewinds:
         good = self._good_checkpoint(last_good, load=False)
-        self._event('diverged', rewinds=self.rewinds, latest=good.name if good else None, **info)
+        self._event('diverged', rewinds=self.rewinds, latest=good.name if good else None, abandoned=_rel(self.moved_to), **info)
         raise DivergenceError(f"training diverged: at step {self.step} {_why(info)}, after {self.rewinds} rewinds"
                               + (f"; checkpoints/latest is now {good.name}" if good else '') + "; resume with a lower learning rate")
     keep = dict(rewinds=self.rewinds + 1, skipped=[list(s) for s in self.skipped], rewind_mult=self.mult['rewind'])
@@ -343,7 +350,7 @@ def _diverged(self:LossTrendCallback, last_good:int, **info):
     self.skipped.append([k_ck, k_now])
     if rec is not None: rec.step_last = self.step       # the next row's step time counts from here
     self._event('rewind', from_step=from_step, checkpoint=path.name, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
-                lr_mult_before=old, rewinds=self.rewinds, **info)
+                lr_mult_before=old, rewinds=self.rewinds, abandoned=_rel(self.moved_to), **info)
     ck = self.learn.checkpoint
     ck.saved_step = None; ck.save()                     # the same step again, now with the rewind in it
 

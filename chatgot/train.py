@@ -37,7 +37,7 @@ class UsageError(ValueError):
     agreed = True  # the same on every process of a torchrun job (same flags, same run folder): rank 0 reports it
 
 # %% ../nbs/10_train.ipynb #c2d8e737
-FLAGS = ('data', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
+FLAGS = ('data', 'val_fraction', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
          'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile')
 
@@ -47,15 +47,17 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     preset = f.get('preset') or '14m'
     if preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    base = dict(data='builtin:shakespeare', preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
+    base = dict(data='builtin:shakespeare', val_fraction=0.1, preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=3,
                 log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
                 **TRAIN_DEFAULTS[preset])
-    f = {**base, **f}
+    f = {**base, **{k: v for k, v in f.items() if v is not None}}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
         if not isinstance(f[k], int) or f[k] < 1: raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {f[k]!r}")
     for k in ('warmup', 'eval_every', 'save_every', 'seed', 'sample_every'):
         if not isinstance(f[k], int) or f[k] < 0: raise UsageError(f"--{k.replace('_', '-')} must be a non-negative integer, got {f[k]!r}")
+    if not (isinstance(f['val_fraction'], (int, float)) and 0 < f['val_fraction'] <= 0.5):
+        raise UsageError(f"--val-fraction must be in (0, 0.5], got {f['val_fraction']!r}")
     if not (isinstance(f['lr'], (int, float)) and 0 < f['lr'] < 1): raise UsageError(f"--lr must be in (0, 1), got {f['lr']!r}")
     if f['tokenizer'] not in ('bpe', 'char'): raise UsageError(f"--tokenizer must be bpe or char, got {f['tokenizer']!r}")
     mbs = f['micro_batch_size']
@@ -141,7 +143,10 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     _check_world(f, d)
     try: device = d.use_device(f['device']) if d.world > 1 else f['device']
     except ValueError as e: raise UsageError(str(e)) from None
-    prep = lambda tok: prepare_data(f['data'], tokenizer=tok, vocab_size=f['vocab_size'], seq_len=f['seq_len'], seed=f['seed'],
+    if stored is not None and stored.get('val_fraction') is None:  # a run made before the text split: keep its data
+        f['val_fraction'] = None                                    # (config.json keeps saying so)
+    prep = lambda tok: prepare_data(f['data'], tokenizer=tok, vocab_size=f['vocab_size'], seq_len=f['seq_len'],
+                                    val_frac=f['val_fraction'] or 0.1, split_seed=None if f['val_fraction'] else f['seed'],
                                     tokenizer_path=ck/'tokenizer.json' if ck and isinstance(tok, str) else None)
     box = {}
     def first():
