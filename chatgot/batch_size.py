@@ -126,6 +126,7 @@ class InjectOOM(Callback):
 # %% ../nbs/06_batch_size.ipynb #508c3cc6
 class MemoryBudgetError(ValueError):
     "The step does not fit in memory even at micro-batch 1 with gradient checkpointing"
+    stops_with_checkpoint = True  # the Learner saves the last complete step, then raises it
 
 class MicroBatchController(Callback):
     "The largest micro-batch that fits: halve and redo the step on OOM, grow back after a stable stretch, back off from sizes that failed"

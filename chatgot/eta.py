@@ -327,6 +327,7 @@ def sync(device):
 class EtaCallback(Callback):
     "Times training apart from warm-up, evals and saves, and gives the Recorder honest `step_time_s`, `tok_per_s` and ETA"
     order = -9  # right after the Recorder (-10), before any callback that pauses the run in `after_step`
+    observer = True  # only times the run: if it fails it is switched off, training goes on
     def __init__(self, warmup_steps:int=2,  # steps after each start and micro-batch change that are not timed
                  save_mb_s:float=200.,      # assumed disk speed for guessing a checkpoint's cost before one is measured
                  **kw):                     # passed to `EtaEstimator`

@@ -308,15 +308,16 @@ def retry_oom(self:Learner, f, where:str, tries:int=3, shrink=None):
 @contextmanager
 def stop_on_oom(self:Learner, what:str, undo=noop):
     "An OOM that escapes the block stops the fit cleanly: `undo()`, `learn.fatal` = `OutOfMemoryStop`, `CancelFitException`"
-    msg = None
+    msg = final = None
     try: yield
     except Exception as e:
-        if not is_oom(e): raise
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    if msg is None: return
+        if getattr(e, 'stops_with_checkpoint', False): final = e.with_traceback(None)  # a policy's own verdict (MemoryBudgetError)
+        elif not is_oom(e): raise
+        else: msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if msg is None and final is None: return
     undo(); release_memory(self.device)
-    self.fatal = OutOfMemoryStop(f"out of memory in {what} after every retry ({msg}); the run stopped at step {self.step} "
-                                 "with a checkpoint: resume with a smaller --micro-batch-size, --seq-len or model, or --grad-checkpoint")
+    self.fatal = final or OutOfMemoryStop(f"out of memory in {what} after every retry ({msg}); the run stopped at step {self.step} "
+                                          "with a checkpoint: resume with a smaller --micro-batch-size, --seq-len or model, or --grad-checkpoint")
     if 'recorder' in self.__dict__: self.recorder.event('oom_stop', where=what, error=msg)
     raise CancelFitException()
 

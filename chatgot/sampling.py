@@ -16,7 +16,7 @@ from safetensors.torch import load_model as _load_weights
 from tqdm.auto import tqdm
 from .checkpoint import CheckpointError, find_checkpoint, verify_checkpoint
 from .data import encode_text, eval_batches, load_corpus, load_tokenizer, prepare_data, speakers, token_bytes
-from .learner import Callback
+from .learner import Callback, jsonl_line, keep_rows_upto
 from fastcore.basics import patch
 from .model import GPT, GPTConfig
 
@@ -426,7 +426,7 @@ def loss_temperature(bpb:float|None, # the model's current validation bits per b
 # %% ../nbs/09_sampling.ipynb #0e68eed3
 class SampleCallback(Callback):
     "Every `every` steps write `n` samples with their temperature and diversity metrics to samples.jsonl and the progress output"
-    order = 70
+    order, observer = 70, True  # only watches: a failing sampler is switched off, training goes on
     def __init__(self, every:int=0, # steps between samplings (0: never)
                  n:int=4, # samples each time
                  max_new_tokens:int=64, temperature:float=0.8, # the user's settings
@@ -442,9 +442,7 @@ class SampleCallback(Callback):
 
     def before_fit(self):
         self.path, self._waiting = (self.learn.out/'samples.jsonl' if self.learn.out else None), False
-        if self.path and self.path.exists():
-            keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l)['step'] <= self.step]
-            self.path.write_text(''.join(l + '\n' for l in keep))
+        if self.path and self.path.exists(): keep_rows_upto(self.path, self.step)
         if not self.every: return
         tok, tb = self.data.tokenizer, token_bytes(self.data.tokenizer)
         self.pairs = turn_prompts(decode(np.asarray(self.data.val[:200_000], dtype=np.int64).tolist(), byte_table(tok)), self.n, self.seed)
@@ -481,14 +479,20 @@ def sample(self:SampleCallback) -> dict:
     model = unwrap_model(self.learn.model)
     g = _generator(model.lm_head.weight.device, self.seed * 1_000_003 + self.step)
     prompts = [p for p, _ in self.pairs]
-    texts = generate_text(model, self.data.tokenizer, prompts, max_new_tokens=self.max_new_tokens, generator=g,
-                          trim='word', temperature=t, top_k=self.top_k, top_p=self.top_p)
+    box = dict(n=len(prompts))
+    def halve():  # out of memory: fewer samples this time
+        if box['n'] == 1: raise MemoryError("out of memory sampling even one prompt")
+        box['n'] = max(1, box['n'] // 2)
+    texts = self.learn.retry_oom(lambda: generate_text(model, self.data.tokenizer, prompts[:box['n']], max_new_tokens=self.max_new_tokens,
+                                                       generator=g, trim='word', temperature=t, top_k=self.top_k, top_p=self.top_p),
+                                 'sample', tries=8, shrink=halve)
+    prompts = prompts[:len(texts)]
     row = dict(step=self.step, tokens=self.tokens, temperature=t, bpb=bpb, bpb_source=src,
                samples=[dict(prompt=p, text=s) for p, s in zip(prompts, texts)],
-               metrics=diversity(texts), reference=reference_metrics(texts, [c for _, c in self.pairs]))
+               metrics=diversity(texts), reference=reference_metrics(texts, [c for _, c in self.pairs[:len(texts)]]))
     self.rows.append(row)
     if self.path:
-        with open(self.path, 'a') as f: f.write(json.dumps(row) + '\n')
+        with open(self.path, 'a') as f: f.write(jsonl_line(row))
     if not self.quiet:
         mt, first = row['metrics'], (prompts[0] + texts[0]).strip().replace('\n', ' / ')
         tqdm.write(f"sample step {self.step} T={t:.2f} distinct-2 {mt['distinct_2']:.2f} seq-rep-4 {mt['seq_rep_4']:.2f} | {first[:100]}",
@@ -598,7 +602,8 @@ def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
     src = data or flags.get('data')
     if not src: raise ValueError(f"checkpoint {meta['path']} does not record its corpus: pass --data")
     seq_len = min(flags.get('seq_len') or model.config.block_size, model.config.block_size)
-    d = prepare_data(src, seq_len=seq_len, seed=flags.get('seed') or 0, tokenizer_path=Path(meta['path'])/'tokenizer.json')
+    d = prepare_data(src, seq_len=seq_len, val_frac=flags.get('val_fraction') or 0.1,  # the run's own split (old runs: their seeded one)
+                     split_seed=None if flags.get('val_fraction') else flags.get('seed') or 0, tokenizer_path=Path(meta['path'])/'tokenizer.json')
     val_loss, val_bpb = _val_loss(model, d.val, token_bytes(tok), seq_len, flags.get('batch_size') or 8, eval_batches)
     pairs = turn_prompts(decode(np.asarray(d.val[:200_000], dtype=np.int64).tolist(), byte_table(tok)), n_samples, seed)
     samples = generate_text(model, tok, [p for p, _ in pairs], max_new_tokens=max_new_tokens, seed=seed,

@@ -178,7 +178,7 @@ def test_split_sizes_no_overlap(txt):
     assert (np.diff(va) > 0).all() and (np.diff(va) != 1).sum() < 10  # ordered whole chunks
     assert not np.array_equal(split_tokens(ids, 0.1, 255, seed=1)[1], va)
     d = prepare_data(str(txt), 'char', val_frac=0.2, seq_len=32)
-    assert len(d.train) + len(d.val) == len(TEXT) and abs(len(d.val) / len(TEXT) - 0.2) < 0.02
+    assert len(d.train) + len(d.val) == len(TEXT) and abs(len(d.val) / len(TEXT) - 0.2) < 0.03  # whole chunks of ~1000 chars
     assert d.train_bytes == len(d.train) and d.val_bytes == len(d.val)
 
 

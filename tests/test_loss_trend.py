@@ -2,7 +2,7 @@
 import json, math, shutil
 from pathlib import Path
 import pytest, torch
-from chatgot.learner import Callback, CancelFitException, CancelStepException, lr_at
+from chatgot.learner import Callback, CancelFitException, CancelStepException, lr_at, read_jsonl
 from chatgot.loss_trend import DivergenceError, InjectSpikes, LossTrendCallback, ScriptedLearner, noisy
 from chatgot.test_utils import tiny_text
 from chatgot.train import train
@@ -134,7 +134,7 @@ def test_state_survives_weights_only_load(tmp_path):
 # ---- end to end: the tiny model through train() ----
 
 FLAGS = dict(preset='tiny', steps=160, batch_size=8, seq_len=32, lr=3e-3, warmup=5, save_every=40, eval_every=80,
-             eval_batches=4, log_every=10, keep_last=10)
+             eval_batches=4, log_every=10, keep_last=10, precision='fp32')  # the same arithmetic on every CPU
 SPIKES = {40: 'random', 48: 10.0, 56: 'random'}   # batch number: corrupted tokens or loss x10
 
 @pytest.fixture(scope='module')
@@ -147,8 +147,8 @@ def corpus(tmp_path_factory):
 def cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv('CHATGOT_CACHE', str(tmp_path_factory.getbasetemp()/'cache'))
 
-def rows(out): return [json.loads(s) for s in (Path(out)/'metrics.jsonl').read_text().splitlines()]
-def steps_rows(rs): return {r['step']: r for r in rs if 'loss' in r and 'event' not in r}
+def rows(out): return read_jsonl(Path(out)/'metrics.jsonl')
+def steps_rows(rs): return {r['step']: r for r in rs if r.get('kind') == 'step'}
 def cb(): return LossTrendCallback(calm_steps=20, lr_factor=0.7)   # a short run: a short, mild LR cut
 
 @pytest.fixture(scope='module')
@@ -174,7 +174,10 @@ def test_e2e_spikes_are_skipped_lr_lowered_then_restored(runs):
 def test_e2e_final_loss_close_to_the_spike_free_run(runs):
     clean, guarded, spiky = (runs[k][1].val_loss for k in ('clean', 'guarded', 'spiky'))
     print(f"val loss: clean {clean:.4f}, spikes+callback {guarded:.4f}, spikes alone {spiky:.4f}")
-    assert abs(guarded - clean) < 0.05 * clean   # measured: +4.4% (the 30 steps at 0.7x LR cost more than the skips save)
+    # measured in fp32: clean 0.9422, guarded 0.9849 (+4.5 %: the 30 steps at 0.7x LR cost more than the skips save),
+    # spikes alone 1.0964 (+16 %). The callback must recover most of what the spikes cost.
+    assert spiky - clean > 0.08 * clean
+    assert abs(guarded - clean) < 0.5 * (spiky - clean)
 
 def test_e2e_callback_leaves_a_clean_run_untouched(runs, corpus, tmp_path):
     l = train(out=tmp_path/'run', quiet=True, cbs=[cb()], data=corpus, **FLAGS)

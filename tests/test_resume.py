@@ -3,6 +3,7 @@ import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
+from chatgot.learner import read_jsonl
 from chatgot.test_utils import tiny_text
 
 STEPS = 40
@@ -25,7 +26,7 @@ def cli(tmp, *args, pre='', timeout=300):
                           env=env(tmp), timeout=timeout)
 
 def weights(run, step=STEPS): return load_file(run/'checkpoints'/f'step-{step:07d}'/'model.safetensors')
-def losses(run): return {r['step']: r['loss'] for r in map(json.loads, (run/'metrics.jsonl').read_text().splitlines()) if 'loss' in r}
+def losses(run): return {r['step']: r['loss'] for r in read_jsonl(run/'metrics.jsonl', warn=None) if r.get('kind') == 'step'}
 def same(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 @pytest.fixture(scope='module')
@@ -66,14 +67,27 @@ def test_kill_inside_checkpoint_write_then_resume(corpus, reference, tmp_path, s
     assert losses(run) == losses(reference)
     assert not list((run/'checkpoints').glob('.tmp-*'))
 
-def test_kill_at_a_random_moment_then_resume(corpus, reference, tmp_path):
+# each step made slower from outside, so that a kill at a random moment lands mid-run
+SLOW_STEPS = textwrap.dedent('''
+    import time, chatgot.learner as L
+    _step = L.Learner._do_step
+    def slow(self): time.sleep(0.03); _step(self)
+    L.Learner._do_step = slow
+''')
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_kill_at_a_random_moment_then_resume(corpus, reference, tmp_path, seed):
+    import random
     run = tmp_path/'run'
-    p = subprocess.Popen([sys.executable, '-m', 'chatgot.cli', 'train', '--data', str(corpus), '--out', str(run), *FLAGS],
+    code = SLOW_STEPS + '\nimport sys\nfrom chatgot.cli import main\nsys.exit(main(sys.argv[1:]))'
+    p = subprocess.Popen([sys.executable, '-c', code, 'train', '--data', str(corpus), '--out', str(run), *FLAGS],
                          env=env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and not (run/'checkpoints'/'step-0000020').exists(): time.sleep(0.05)
-    time.sleep(0.3)
+    while time.time() < deadline and not (run/'checkpoints'/'step-0000010').exists(): time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0, 0.6))  # 30 steps of >= 30 ms are left: the kill lands mid-run
     p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL                                 # it was killed, it did not finish
+    assert not (run/'checkpoints'/f'step-{STEPS:07d}').exists() and max(losses(run)) < STEPS
     r = cli(tmp_path, 'train', '--out', run, '--resume')
     assert r.returncode == 0, r.stderr
     assert same(weights(run), weights(reference))
