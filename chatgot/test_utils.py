@@ -46,10 +46,9 @@ def _skip_slow(lines:list) -> list:
     if not lines or not re.match(r'#\|\s*slow\b', lines[0].strip()) or os.environ.get(SLOW_ENV) == '1': return lines
     return [f"print('slow cell skipped (set {SLOW_ENV}=1 to run it)')\n"]
 
-def skip_slow_cells() -> bool:
-    "In an IPython kernel, skip cells flagged `#| slow` unless CHATGOT_SLOW=1; returns whether slow cells run"
+def skip_slow_cells():
+    "In an IPython kernel, skip cells flagged `#| slow` unless CHATGOT_SLOW=1"
     try: from IPython import get_ipython
-    except ImportError: return True
+    except ImportError: return
     ip = get_ipython()
     if ip is not None and _skip_slow not in ip.input_transformers_cleanup: ip.input_transformers_cleanup.append(_skip_slow)
-    return os.environ.get(SLOW_ENV) == '1'
