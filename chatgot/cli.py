@@ -10,9 +10,6 @@ import json, math, os, sys, time, traceback
 from pathlib import Path
 from fastcore.script import anno_parser
 from . import __version__
-from .eta import is_eval_row, is_step_row
-from .model import PRESETS
-from .train import FLAGS, resolve_flags, train
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_cmd', 'train_defaults', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'run_info', 'list_runs',
@@ -49,7 +46,8 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               compile:bool=False,   # train through torch.compile (faster after a slow first step)
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
-    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}
+    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}  # the flags, before any import adds a local
+    from chatgot.train import train
     flags['grad_checkpoint'] = grad_checkpoint or None  # not given: the stored value on --resume
     flags['compile'] = compile or None
     flags['loss_trend'] = False if no_loss_trend else None
@@ -61,6 +59,8 @@ COMMANDS = {'train': train_cmd}
 # %% ../nbs/11_cli.ipynb #94b05a24
 def train_defaults() -> dict:
     "Each train flag's default as help text: one value, or one per preset"
+    from chatgot.model import PRESETS
+    from chatgot.train import FLAGS, resolve_flags
     per = {p: resolve_flags({'preset': p, 'device': 'cpu'}) for p in PRESETS}
     out = {'out': 'runs/<timestamp>', 'device': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
            'n_embd': "the preset's", 'dropout': "the preset's"}
@@ -70,9 +70,6 @@ def train_defaults() -> dict:
         if len(set(map(repr, vals.values()))) == 1: out[k] = next(iter(vals.values()))
         else: out[k] = ', '.join(f"{p} {v}" for p, v in vals.items())
     return out
-
-# %% ../nbs/11_cli.ipynb #db06d6e2
-from .sampling import DEFAULT_PROMPT, chat, default_speaker, evaluate_checkpoint, format_eval, generate_text, load_model, make_processors
 
 # %% ../nbs/11_cli.ipynb #a3c2a659
 def _need_ckpt(ckpt):
@@ -90,6 +87,7 @@ def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoi
                  seed:int=None,         # the same seed gives the same text (default: a fresh one each time)
                  debug:bool=False):     # show tracebacks
     "Print text sampled from a checkpoint, ending at a complete sentence"
+    from chatgot.sampling import DEFAULT_PROMPT, generate_text, load_model, make_processors
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
     make_processors(**sampling)
     if max_new_tokens < 1: raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
@@ -111,6 +109,7 @@ def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder (required
              as_name:str=None, # the character the model plays (default: the corpus's most frequent speaker)
              debug:bool=False):# show tracebacks
     "Talk with a checkpoint: each line you type is your turn, the model answers in character; /quit or Ctrl-D ends"
+    from chatgot.sampling import chat, default_speaker, load_model
     model, tok, meta = load_model(_need_ckpt(ckpt))
     name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
     if not name: raise ValueError("--as needs a character name")
@@ -124,19 +123,18 @@ def eval_cmd(ckpt:str=None, # a run folder or one checkpoint folder (required)
              data:str=None, # corpus to evaluate on (default: the run's --data)
              debug:bool=False): # show tracebacks
     "Print validation loss, bits per byte, a few samples, and their diversity metrics next to the corpus's own"
+    from chatgot.sampling import evaluate_checkpoint, format_eval
     print(format_eval(evaluate_checkpoint(_need_ckpt(ckpt), data)))
     return 0
 
 COMMANDS.update(generate=generate_cmd, chat=chat_cmd, eval=eval_cmd)
-
-# %% ../nbs/11_cli.ipynb #5fb2239d
-from .eta import plot_run
 
 # %% ../nbs/11_cli.ipynb #7dc2ad25
 def plot_cmd(run_dir:str=None,     # a run folder holding metrics.jsonl (required)
              debug:bool=False): # show tracebacks
     "Draw RUN_DIR/plot.png from RUN_DIR/metrics.jsonl and print its path"
     if not run_dir: raise ValueError("give the run folder: chatgot plot RUN_DIR")
+    from chatgot.eta import plot_run
     print(plot_run(run_dir))
     return 0
 
@@ -157,6 +155,7 @@ def _rows(path:Path) -> list[dict]:
 
 def run_info(run:Path, now:float|None=None) -> dict:
     "Step, target steps, best val loss, disk use and status of one run folder"
+    from chatgot.eta import is_eval_row, is_step_row
     run, now = Path(run), time.time() if now is None else now
     try: steps = (json.loads((run/'config.json').read_text()).get('flags') or {}).get('steps')
     except (OSError, ValueError, AttributeError): steps = None
