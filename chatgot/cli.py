@@ -6,35 +6,39 @@ Docs: https://chatgot.github.io/chatgot/cli.html.md"""
 
 # %% ../nbs/11_cli.ipynb #ce4f4dc1
 from __future__ import annotations
-import os, sys, traceback
+import json, math, os, sys, time, traceback
+from pathlib import Path
 from fastcore.script import anno_parser
-from .train import train
+from . import __version__
 
 # %% auto #0
-__all__ = ['COMMANDS', 'train_cmd', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'main']
+__all__ = ['COMMANDS', 'train_cmd', 'train_defaults', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'run_info', 'list_runs',
+           'format_runs', 'runs_cmd', 'make_parser', 'main']
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
-              preset:str=None,      # model size: tiny, baby or 14m (default 14m)
-              out:str=None,         # run folder (default runs/<timestamp>)
+              preset:str=None,      # model size: tiny, baby or 14m
+              out:str=None,         # run folder, new or empty; with --resume the run to continue
               steps:int=None,       # optimizer steps to train to
               batch_size:int=None,  # sequences per optimizer step
               micro_batch_size:str=None, # auto or sequences per forward/backward
               seq_len:int=None,     # tokens per sequence
               lr:float=None,        # peak learning rate
               warmup:int=None,      # warmup steps
-              tokenizer:str=None,   # bpe or char (default: the preset's)
+              tokenizer:str=None,   # bpe or char
               vocab_size:int=None,  # BPE vocabulary size
-              n_layer:int=None, n_head:int=None, n_embd:int=None, # override the preset's shape
+              n_layer:int=None,     # transformer blocks
+              n_head:int=None,      # attention heads
+              n_embd:int=None,      # embedding width
               dropout:float=None,   # dropout probability
               device:str=None,      # auto, cpu or cuda
               seed:int=None,        # random seed
-              resume:bool=False,    # continue the run in --out from its newest good checkpoint
+              resume:bool=False,    # continue the run in --out from its newest good checkpoint (other flags: the run's own)
               eval_every:int=None,  # steps between validation evals
               eval_batches:int=None,# validation batches per eval
               save_every:int=None,  # steps between checkpoints
-              keep_last:int=None,   # checkpoints kept (plus the best by val loss)
-              log_every:int=None,   # steps between metric flushes
+              keep_last:int=None,   # newest checkpoints kept, plus the best by val loss
+              log_every:int=None,   # steps between metric rows
               precision:str=None,   # auto, fp32, bf16 or fp16 (auto: bf16 where the hardware has it)
               grad_checkpoint:bool=False, # recompute activations in backward to save memory
               no_loss_trend:bool=False, # do not skip loss spikes, adjust the LR or rewind on divergence
@@ -42,7 +46,8 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               compile:bool=False,   # train through torch.compile (faster after a slow first step)
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
-    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}
+    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}  # the flags, before any import adds a local
+    from chatgot.train import train
     flags['grad_checkpoint'] = grad_checkpoint or None  # not given: the stored value on --resume
     flags['compile'] = compile or None
     flags['loss_trend'] = False if no_loss_trend else None
@@ -51,25 +56,38 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
 
 COMMANDS = {'train': train_cmd}
 
-# %% ../nbs/11_cli.ipynb #db06d6e2
-from .sampling import DEFAULT_PROMPT, chat, default_speaker, evaluate_checkpoint, format_eval, generate_text, load_model, make_processors
+# %% ../nbs/11_cli.ipynb #94b05a24
+def train_defaults() -> dict:
+    "Each train flag's default as help text: one value, or one per preset"
+    from chatgot.model import PRESETS
+    from chatgot.train import FLAGS, resolve_flags
+    per = {p: resolve_flags({'preset': p, 'device': 'cpu'}) for p in PRESETS}
+    out = {'out': 'runs/<timestamp>', 'device': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
+           'n_embd': "the preset's", 'dropout': "the preset's"}
+    for k in FLAGS:
+        if k in out: continue
+        vals = {p: f[k] for p, f in per.items()}
+        if len(set(map(repr, vals.values()))) == 1: out[k] = next(iter(vals.values()))
+        else: out[k] = ', '.join(f"{p} {v}" for p, v in vals.items())
+    return out
 
 # %% ../nbs/11_cli.ipynb #a3c2a659
 def _need_ckpt(ckpt):
     if not ckpt: raise ValueError("--ckpt DIR is required (a run folder or one checkpoint folder)")
     return ckpt
 
-def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoint) or one checkpoint folder
-                 prompt:str=None,       # text to continue (default: the start of a speaker's turn)
+def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoint) or one checkpoint folder (required)
+                 prompt:str=None,       # text to continue (default: the start of a turn, the model picks the speaker)
                  max_new_tokens:int=200,# most tokens to generate
                  temperature:float=0.8, # 0 is greedy
-                 top_k:int=None,        # keep only the k most likely tokens
-                 top_p:float=None,      # nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]
-                 min_p:float=None,      # drop tokens below this fraction of the top token's probability
-                 repetition_penalty:float=None, # CTRL penalty on tokens of the last 64 generated (1: off)
-                 seed:int=None,         # the same seed gives the same text
+                 top_k:int=None,        # keep only the k most likely tokens (default: off)
+                 top_p:float=None,      # nucleus sampling: keep the most likely tokens up to this mass, in (0, 1] (default: off)
+                 min_p:float=None,      # drop tokens below this fraction of the top token's probability (default: off)
+                 repetition_penalty:float=None, # CTRL penalty on tokens of the last 64 generated (default: off)
+                 seed:int=None,         # the same seed gives the same text (default: a fresh one each time)
                  debug:bool=False):     # show tracebacks
     "Print text sampled from a checkpoint, ending at a complete sentence"
+    from chatgot.sampling import DEFAULT_PROMPT, generate_text, load_model, make_processors
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
     make_processors(**sampling)
     if max_new_tokens < 1: raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
@@ -78,42 +96,130 @@ def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoi
     print((prompt or '') + text)
     return 0
 
-def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder
-             as_name:str=None, # the character the model plays, given as --as NAME (default: the corpus's most frequent speaker)
+class _Input:
+    "stdin that remembers whether it reached EOF (Ctrl-D)"
+    def __init__(self, f): self.f, self.eof = f, False
+    def isatty(self): return self.f.isatty()
+    def readline(self):
+        line = self.f.readline()
+        self.eof = self.eof or not line
+        return line
+
+def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder (required)
+             as_name:str=None, # the character the model plays (default: the corpus's most frequent speaker)
              debug:bool=False):# show tracebacks
-    "Talk with a checkpoint on stdin: each line is your turn, the model answers in character; /quit or EOF ends"
+    "Talk with a checkpoint: each line you type is your turn, the model answers in character; /quit or Ctrl-D ends"
+    from chatgot.sampling import chat, default_speaker, load_model
     model, tok, meta = load_model(_need_ckpt(ckpt))
     name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
     if not name: raise ValueError("--as needs a character name")
-    chat(model, tok, name)
+    inp = _Input(sys.stdin)
+    chat(model, tok, name, inp=inp)
+    if inp.eof and inp.isatty(): print()  # Ctrl-D left the cursor after "YOU: ": the shell prompt gets its own line
     return 0
+chat_cmd.rename = {'as_name': '--as'}  # `as` is a Python keyword: the parameter has another name than the flag
 
-def eval_cmd(ckpt:str=None, # a run folder or one checkpoint folder
+def eval_cmd(ckpt:str=None, # a run folder or one checkpoint folder (required)
              data:str=None, # corpus to evaluate on (default: the run's --data)
              debug:bool=False): # show tracebacks
-    "Print validation loss, bits per byte, and diversity metrics of samples next to the corpus's own"
+    "Print validation loss, bits per byte, a few samples, and their diversity metrics next to the corpus's own"
+    from chatgot.sampling import evaluate_checkpoint, format_eval
     print(format_eval(evaluate_checkpoint(_need_ckpt(ckpt), data)))
     return 0
 
 COMMANDS.update(generate=generate_cmd, chat=chat_cmd, eval=eval_cmd)
 
-# %% ../nbs/11_cli.ipynb #5fb2239d
-from .eta import plot_run
-
 # %% ../nbs/11_cli.ipynb #7dc2ad25
-def plot_cmd(run_dir:str=None,     # a run folder holding metrics.jsonl
+def plot_cmd(run_dir:str=None,     # a run folder holding metrics.jsonl (required)
              debug:bool=False): # show tracebacks
     "Draw RUN_DIR/plot.png from RUN_DIR/metrics.jsonl and print its path"
     if not run_dir: raise ValueError("give the run folder: chatgot plot RUN_DIR")
+    from chatgot.eta import plot_run
     print(plot_run(run_dir))
     return 0
 
 plot_cmd.positional = ['run_dir']  # `chatgot plot RUN_DIR`, no flag name
 COMMANDS['plot'] = plot_cmd
 
+# %% ../nbs/11_cli.ipynb #0519d7b6
+def _rows(path:Path) -> list[dict]:
+    "The rows of a metrics.jsonl, skipping any line that does not parse (a torn write, stray bytes)"
+    rows = []
+    try: lines = path.read_text(errors='replace').splitlines()
+    except OSError: return rows
+    for line in lines:
+        try: r = json.loads(line)
+        except ValueError: continue
+        if isinstance(r, dict): rows.append(r)
+    return rows
+
+def run_info(run:Path, now:float|None=None) -> dict:
+    "Step, target steps, best val loss, disk use and status of one run folder"
+    from chatgot.eta import is_eval_row, is_step_row
+    run, now = Path(run), time.time() if now is None else now
+    try: steps = (json.loads((run/'config.json').read_text()).get('flags') or {}).get('steps')
+    except (OSError, ValueError, AttributeError): steps = None
+    m = run/'metrics.jsonl'
+    rows = _rows(m)
+    step = max((r['step'] for r in rows if is_step_row(r) and isinstance(r.get('step'), int)), default=0)
+    vals = [r['val_loss'] for r in rows if is_eval_row(r) and isinstance(r.get('val_loss'), (int, float)) and math.isfinite(r['val_loss'])]
+    cks = [int(p.name[5:]) for p in (run/'checkpoints').glob('step-*') if p.is_dir() and p.name[5:].isdigit()]
+    ck = max(cks, default=None)
+    if steps is not None and ck is not None and ck >= steps: status = 'finished'
+    elif m.exists() and now - m.stat().st_mtime < 120: status = 'running?'
+    elif ck is None: status = 'interrupted, no checkpoint'
+    else: status = f'interrupted at checkpoint {ck}'
+    size = sum(p.stat().st_size for p in run.rglob('*') if p.is_file())
+    return dict(run=str(run), step=step, steps=steps, best_val=min(vals, default=None), bytes=size, status=status)
+
+def list_runs(root='runs') -> list[dict]:
+    "`run_info` of `root` when it is a run, else of each run folder in it (newest name last)"
+    root = Path(root)
+    if not root.is_dir(): raise ValueError(f"{root}: no such folder (chatgot runs [DIR] lists the run folders in DIR, default runs/)")
+    if (root/'config.json').exists(): return [run_info(root)]
+    return [run_info(p) for p in sorted(root.iterdir()) if p.is_dir() and (p/'config.json').exists()]
+
+def format_runs(infos:list) -> str:
+    "The table `chatgot runs` prints"
+    w = max([len(i['run']) for i in infos] + [3])
+    lines = [f"{'run':{w}s}  {'step':>11s}  {'best val':>8s}  {'disk':>8s}  status"]
+    for i in infos:
+        st = f"{i['step']}/{i['steps'] if i['steps'] is not None else '?'}"
+        bv = f"{i['best_val']:.4f}" if i['best_val'] is not None else '-'
+        lines.append(f"{i['run']:{w}s}  {st:>11s}  {bv:>8s}  {i['bytes'] / 1e6:6.1f}MB  {i['status']}")
+    return '\n'.join(lines)
+
+def runs_cmd(dir:str='runs', # folder holding run folders (or one run folder)
+             debug:bool=False): # show tracebacks
+    "List the runs in DIR with their step, best val loss, disk use and status (finished, interrupted, running?)"
+    infos = list_runs(dir)
+    print(format_runs(infos) if infos else f"no runs in {dir} (chatgot train writes runs/<timestamp> by default)")
+    return 0
+
+runs_cmd.positional = ['dir']
+COMMANDS['runs'] = runs_cmd
+
 # %% ../nbs/11_cli.ipynb #7772f597
-def _usage():
-    return "usage: chatgot {" + ','.join(COMMANDS) + "} [flags]   (chatgot COMMAND --help for its flags)"
+def _usage() -> str:
+    "`chatgot --help`: the commands, each with the first line of its description"
+    w = max(map(len, COMMANDS))
+    return '\n'.join([f"usage: chatgot COMMAND [flags]   (chatgot {{{','.join(COMMANDS)}}})", "",
+                      "Train small GPT models on dialogue and talk with them.", "", "commands:"] +
+                     [f"  {k:{w}s}  {f.__doc__.splitlines()[0]}" for k, f in COMMANDS.items()] +
+                     ["", "chatgot COMMAND --help lists a command's flags; chatgot --version prints the version."])
+
+def make_parser(cmd:str):
+    "The argparse parser of `chatgot cmd`: fastcore's from the signature, every flag's default in its help, renamed flags"
+    f = COMMANDS[cmd]
+    p = anno_parser(f, prog=f'chatgot {cmd}', pos=getattr(f, 'positional', None))
+    shown = train_defaults() if cmd == 'train' else {}
+    for a in p._actions:
+        if a.dest in shown and '(default' not in (a.help or ''): a.help = f"{a.help} (default: {shown[a.dest]})"
+        if new := getattr(f, 'rename', {}).get(a.dest):
+            for o in a.option_strings: p._option_string_actions.pop(o, None)
+            a.option_strings = [new]; p._option_string_actions[new] = a
+        if a.dest in ('debug', 'resume', 'grad_checkpoint', 'no_loss_trend', 'compile'): a.help = a.help.replace(' (default: False)', '')
+    return p
 
 def _rank() -> int:
     "This process's rank in a torchrun job of several processes, else 0"
@@ -127,15 +233,15 @@ def main(argv=None) -> int:
     def say(msg, agreed=True):  # an error every rank has is printed by rank 0 alone
         if rank == 0: print(msg, file=sys.stderr)
         elif not agreed: print(f"[rank {rank}] {msg}", file=sys.stderr)
-    if not argv or argv[0] in ('-h', '--help'):
+    if not argv or argv[0] in ('-h', '--help', 'help'):
         print(_usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
+    if argv[0] in ('-V', '--version'): print(f"chatgot {__version__}"); return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
         say(f"chatgot: error: unknown command {cmd!r}; choose one of: {', '.join(COMMANDS)}")
         return 2
-    f = COMMANDS[cmd]
-    p = anno_parser(f, prog=f'chatgot {cmd}', pos=getattr(f, 'positional', None))
+    f, p = COMMANDS[cmd], make_parser(cmd)
     def error(msg):  # argparse's own usage errors: one line too, exit 2
         say(f"chatgot {cmd}: error: {msg} (chatgot {cmd} --help lists the flags)"); sys.exit(2)
     p.error = error

@@ -20,7 +20,8 @@ from .learner import Callback
 # %% auto #0
 __all__ = ['TRACES', 'BAR_FORMAT', 'wquantile', 'wmedian', 'Estimate', 'EtaEstimator', 'StepTimer', 'due_count', 'Trace',
            'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps', 'synthetic_trace', 'sync', 'EtaCallback', 'in_kernel',
-           'ProgressCallback', 'read_metrics', 'draw_metrics', 'plot_run', 'LivePlot']
+           'row_kind', 'is_step_row', 'is_eval_row', 'ProgressCallback', 'eta_text', 'read_metrics', 'centred_mean',
+           'draw_metrics', 'plot_run', 'LivePlot']
 
 # %% ../nbs/08_eta.ipynb #fbe8d404
 def wquantile(pairs, q:float) -> float:
@@ -425,7 +426,7 @@ def load_state_dict(self:EtaCallback, sd:dict):
     if self.est.s is None and not self.est.pauses: self.est.load_state_dict(sd)
 
 # %% ../nbs/08_eta.ipynb #bff724b7
-BAR_FORMAT = '{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| {elapsed}{postfix}'
+BAR_FORMAT = '{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar:24}| {elapsed}{postfix}'  # a fixed-width bar: the postfix never squeezes it
 
 def _fmt_bytes(n): return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
 def _fmt_num(x): return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
@@ -438,6 +439,18 @@ def in_kernel() -> bool:
     except ImportError: return False
     return getattr(get_ipython(), 'kernel', None) is not None
 
+# %% ../nbs/08_eta.ipynb #02930dc0
+def row_kind(r) -> str|None:
+    "'step', 'eval' or 'event' for a metrics row: its `kind` field, else guessed from the keys older runs wrote"
+    if not isinstance(r, dict): return None
+    if r.get('kind') is not None: return r['kind']
+    if 'event' in r: return 'event'
+    if 'lr' in r: return 'step'
+    return 'eval' if 'val_loss' in r else None
+
+def is_step_row(r) -> bool: return row_kind(r) == 'step'
+def is_eval_row(r) -> bool: return row_kind(r) == 'eval'
+
 # %% ../nbs/08_eta.ipynb #034f8142
 class ProgressCallback(Callback):
     "A `tqdm.auto` bar with loss, LR, tok/s, micro-batch, memory and ETA; a live plot in a Jupyter kernel"
@@ -445,8 +458,9 @@ class ProgressCallback(Callback):
     def __init__(self, file=None,           # text stream for the bar (default: stderr)
                  leave:bool=True,            # keep the bar when the run ends
                  plot:bool|None=None,        # live plot; None: only in a Jupyter kernel
-                 plot_every_s:float=5.):     # redraw the live plot at most this often
-        self.file, self.leave, self.plot, self.plot_every_s = file, leave, plot, plot_every_s
+                 plot_every_s:float=5.,      # redraw the live plot at most this often
+                 warmup_steps:int=2):        # steps not timed for the rough ETA shown before the first log point
+        self.file, self.leave, self.plot, self.plot_every_s, self.warmup_steps = file, leave, plot, plot_every_s, warmup_steps
 
     def before_fit(self):
         self.t0, self.tok0, self.n_rows = time.perf_counter(), self.tokens, len(self.recorder.rows)
@@ -454,6 +468,7 @@ class ProgressCallback(Callback):
         self.bar = tqdm(total=self.n_steps, initial=self.step, desc='train', unit='step', file=self.stream,
                         leave=self.leave, dynamic_ncols=True, bar_format=BAR_FORMAT)
         self.stats, self.eta, self.t_eta, self.t_shown = '', None, 0., 0.
+        self.step0, self.t_warm, self.step_warm, self.t_peek = self.step, None, None, -math.inf
         p = self.recorder.path
         hist = read_metrics(p) if p is not None and p.exists() else list(self.recorder.rows)
         self.live = LivePlot(hist, self.plot_every_s) if (in_kernel() if self.plot is None else self.plot) else None
@@ -463,20 +478,31 @@ class ProgressCallback(Callback):
 def _refresh(self:ProgressCallback, force:bool=False):
     "New rows were written: rebuild the postfix (and redraw the live plot)"
     rows = self.recorder.rows[self.n_rows:]
-    last = next((r for r in reversed(rows) if 'loss' in r), None)
+    last = next((r for r in reversed(rows) if is_step_row(r)), None)
     if last is None: return
-    val = next((r for r in reversed(rows) if r.get('val_loss') is not None), None)
+    val = next((r for r in reversed(rows) if is_eval_row(r) and r.get('val_loss') is not None), None)
     e = getattr(getattr(self.learn, 'eta', None), 'last', None)
     tok_s = e[2].tok_per_s if e and e[2] else last.get('tok_per_s')
-    loss = last['loss_ema'] if last.get('loss_ema') is not None else last['loss']
-    s = [f"loss {loss:.3f}"] + ([f"val {val['val_loss']:.3f}"] if val else []) + [f"lr {last['lr']:.1e}"]
+    loss = last.get('loss_ema') if last.get('loss_ema') is not None else last.get('loss')
+    s = [f"loss {loss:.3f}"] if isinstance(loss, (int, float)) else []
+    if val: s.append(f"val {val['val_loss']:.3f}")
+    if last.get('lr') is not None: s.append(f"lr {last['lr']:.1e}")
     if tok_s: s.append(f"{_fmt_num(tok_s)} tok/s")
-    s += [f"mb {last['micro_batch_size']}", f"mem {_fmt_bytes(last['mem_peak_bytes'])}"]
+    if last.get('micro_batch_size') is not None: s.append(f"mb {last['micro_batch_size']}")
+    if last.get('mem_peak_bytes'): s.append(f"mem {_fmt_bytes(last['mem_peak_bytes'])}")
     self.stats = ' '.join(s)
     if last.get('eta_s') is not None:
         self.eta, self.t_eta = (last['eta_s'], last.get('eta_low_s'), last.get('eta_high_s')), time.perf_counter()
     self._show()
     if self.live is not None: self.live.update(self.recorder.rows[self.n_rows:], force=force)
+
+def eta_text(eta:float, lo:float|None=None, hi:float|None=None) -> str:
+    "`eta 03:10 [02:40-04:05]`: the range clamped to half and twice the estimate (a wider one says no more)"
+    eta = max(0., eta)
+    s = f"eta {_fmt_t(eta)}"
+    if lo is None or hi is None or eta <= 0: return s
+    lo, hi = min(max(lo, eta / 2), eta), max(min(hi, 2 * eta), eta)
+    return s + f" [{_fmt_t(lo)}-{_fmt_t(hi)}]"
 
 @patch
 def _show(self:ProgressCallback):
@@ -486,22 +512,38 @@ def _show(self:ProgressCallback):
     if self.eta is not None:
         d = now - self.t_eta
         eta, lo, hi = self.eta
-        s += f" eta {_fmt_t(eta - d)}" + (f" [{_fmt_t(lo - d)}-{_fmt_t(hi - d)}]" if lo is not None else '')
+        s += ' ' + eta_text(eta - d, None if lo is None else lo - d, None if hi is None else hi - d)
     self.bar.set_postfix_str(s, refresh=False)
+
+@patch
+def _early(self:ProgressCallback):
+    "Before the first logged row: this step's loss (one device read, at most once a second) and a rough ETA"
+    self.t_peek = now = time.perf_counter()
+    loss = float(getattr(self.learn, 'step_loss', float('nan')))
+    s = [f"loss {loss:.3f}"] if math.isfinite(loss) else []
+    if self.step_warm is not None and self.step > self.step_warm:  # wall time per step since the warm-up steps
+        s.append(f"eta ~{_fmt_t((now - self.t_warm) / (self.step - self.step_warm) * (self.n_steps - self.step))}")
+    self.bar.set_postfix_str(' '.join(s), refresh=True)  # throttled above: a few lines at most
 
 # %% ../nbs/08_eta.ipynb #9244ed4c
 @patch
 def after_step(self:ProgressCallback):
     self.bar.update(self.step - self.bar.n)
+    now = time.perf_counter()
+    if self.step - self.step0 == self.warmup_steps: self.t_warm, self.step_warm = now, self.step
     if self.step % self.recorder.log_every == 0: self._refresh()
-    elif self.eta is not None and time.perf_counter() - self.t_shown > 1: self._show()
+    elif not self.stats:  # nothing logged yet: show the loss and a rough ETA from the first steps
+        if now - self.t_peek >= 1 or self.step - self.step0 <= self.warmup_steps + 1: self._early()
+    elif self.eta is not None and now - self.t_shown > 1: self._show()
 
 @patch
 def after_eval(self:ProgressCallback): self._refresh()
 
 @patch
 def after_fit(self:ProgressCallback):
-    self._refresh(force=True); self.bar.close()
+    self._refresh(force=True)
+    self.eta = None  # a finished (or stopped) run has no time left to show
+    self.bar.set_postfix_str(self.stats, refresh=False); self.bar.close()
     dt, tok = time.perf_counter() - self.t0, self.tokens - self.tok0
     msg = f"done: step {self.step}/{self.n_steps} in {_fmt_t(dt)}, {_fmt_num(tok / max(dt, 1e-9))} tok/s"
     eta = getattr(self.learn, 'eta', None)
@@ -541,51 +583,82 @@ def _line(ax, rows, key, scale=1., **kw):
     for i, seg in enumerate(_stretches(rows)):
         ax.plot([r['step'] for r in seg], [_num(r.get(key)) * scale for r in seg], **(kw if i == 0 else {**kw, 'label': None}))
 
+def centred_mean(ys:list, half:int) -> list:
+    "Mean of each value and its `half` neighbours on both sides (fewer near the ends, NaNs skipped): no lag, unlike an EMA"
+    out = []
+    for i in range(len(ys)):
+        h = min(half, i, len(ys) - 1 - i)
+        w = [y for y in ys[i - h:i + h + 1] if math.isfinite(y)]
+        out.append(sum(w) / len(w) if w else float('nan'))
+    return out
+
+def _smoothed(ax, rows, **kw):
+    "The raw loss through `centred_mean`, labelled with the steps it averages"
+    if len(rows) < 5: return
+    half = max(1, len(rows) // 20)
+    gap = statistics.median([d for a, b in zip(rows, rows[1:]) if (d := b['step'] - a['step']) > 0] or [1])
+    for i, seg in enumerate(_stretches(rows)):
+        ax.plot([r['step'] for r in seg], centred_mean([_num(r.get('loss')) for r in seg], half),
+                **kw, label=None if i else f"loss, centred mean of ±{half * gap:g} steps")
+
+def _note(ax, text):
+    ax.text(.5, .5, text, ha='center', va='center', transform=ax.transAxes, fontsize=9, color='dimgray')
+    ax.set_yticks([])
+
 def draw_metrics(rows:list, fig:Figure|None=None, title:str='') -> Figure:
     "Loss (raw, smoothed, val), LR, micro-batch size and peak memory against the step, events marked"
     fig = fig or Figure(figsize=(12, 7), layout='constrained')
     fig.clear()
     ax = fig.subplots(2, 2, sharex=True).ravel()
-    tr = [r for r in rows if 'loss' in r and 'event' not in r]
-    va = [r for r in rows if r.get('val_loss') is not None]
+    tr = [r for r in rows if is_step_row(r) and 'step' in r]
+    va = [r for r in rows if is_eval_row(r) and 'step' in r and r.get('val_loss') is not None]
     _line(ax[0], tr, 'loss', lw=.7, alpha=.4, color='C0', label='loss')
-    _line(ax[0], tr, 'loss_ema', lw=1.8, color='C0', label='loss (smoothed)')
+    _smoothed(ax[0], tr, lw=1.8, color='C0')
     if va: _line(ax[0], va, 'val_loss', marker='o', ms=4, color='C1', label='val loss')
     ls = [v for r in tr + va for v in (_num(r.get('loss')), _num(r.get('val_loss'))) if v > 0 and math.isfinite(v)]
     if ls and max(ls) / min(ls) > 20: ax[0].set_yscale('log')
     _line(ax[1], tr, 'lr', color='C2')
-    _line(ax[2], tr, 'micro_batch_size', drawstyle='steps-post', color='C4', label='micro-batch')
-    _line(ax[2], tr, 'batch_size', ls='--', color='gray', label='batch')
-    sizes = [v for r in tr for v in (_num(r.get('batch_size')), _num(r.get('micro_batch_size'))) if math.isfinite(v)]
-    if sizes: ax[2].set_ylim(0, 1.1 * max(sizes))
-    _line(ax[3], tr, 'mem_peak_bytes', scale=1 / 2**20, color='C5')
+    mbs = {r.get('micro_batch_size') for r in tr} | {r.get('batch_size') for r in tr}
+    if len(mbs - {None}) <= 1 and not any(r.get('event') in ('oom', 'grow') for r in rows):  # nothing happened
+        if tr: _note(ax[2], f"micro-batch = batch = {tr[-1].get('batch_size')} sequences the whole run (no OOM, no change)")
+    else:
+        _line(ax[2], tr, 'micro_batch_size', drawstyle='steps-post', color='C4', label='micro-batch')
+        _line(ax[2], tr, 'batch_size', ls='--', color='gray', label='batch')
+        sizes = [v for r in tr for v in (_num(r.get('batch_size')), _num(r.get('micro_batch_size'))) if math.isfinite(v)]
+        if sizes: ax[2].set_ylim(0, 1.1 * max(sizes))
+        ax[2].legend(fontsize=8)
+    mem = [v for r in tr if (v := _num(r.get('mem_peak_bytes')) / 2**20) > 0]
+    if mem:
+        _line(ax[3], tr, 'mem_peak_bytes', scale=1 / 2**20, color='C5')
+        ax[3].set_ylim(0, 1.1 * max(mem))  # from 0: a few MiB of noise is not a swing
+    elif tr: _note(ax[3], 'no peak-memory reading on this device')
     for a, t in zip(ax, ('loss', 'learning rate', 'sequences per step', 'peak memory (MiB)')): a.set_title(t); a.grid(alpha=.3)
     for a in ax[2:]: a.set_xlabel('step')
     counts = {}
     for r in rows:
-        if 'event' not in r: continue
-        c = _EVENT_COLORS.get(r['event'], 'tab:cyan')
-        counts[r['event']] = counts.get(r['event'], 0) + 1
+        if row_kind(r) != 'event' or 'step' not in r: continue
+        ev = r.get('event', '?')
+        c = _EVENT_COLORS.get(ev, 'tab:cyan')
+        counts[ev] = counts.get(ev, 0) + 1
         for a in ax: a.axvline(r['step'], color=c, lw=.9, ls=':', alpha=.8)
     handles = [Line2D([], [], color=_EVENT_COLORS.get(k, 'tab:cyan'), ls=':', label=f"{k} ×{n}") for k, n in counts.items()]
     if tr or va: ax[0].legend(handles=ax[0].get_legend_handles_labels()[0] + handles, fontsize=8)
-    if tr: ax[2].legend(fontsize=8)
     if not tr: ax[0].text(.5, .5, 'no training rows yet', ha='center', va='center', transform=ax[0].transAxes)
     if title: fig.suptitle(title)
     return fig
 
 # %% ../nbs/08_eta.ipynb #bbea28d5
-def plot_run(run_dir, out=None) -> Path:
+def plot_run(run_dir, out=None, dpi:int=100) -> Path:
     "Draw `run_dir/metrics.jsonl` into `run_dir/plot.png` (or `out`), atomically; returns the image's path"
     run_dir = Path(run_dir)
     p = run_dir/'metrics.jsonl'
     if not p.is_file(): raise ValueError(f"{run_dir} is not a run folder: it has no metrics.jsonl")
     rows = read_metrics(p)
-    tr = [r for r in rows if 'loss' in r and 'event' not in r]
-    title = f"{run_dir.resolve().name}: step {tr[-1]['step']}, {tr[-1]['tokens']:,} tokens" if tr else run_dir.resolve().name
+    tr = [r for r in rows if is_step_row(r)]
+    title = f"{run_dir.resolve().name}: step {tr[-1].get('step')}, {tr[-1].get('tokens', 0):,} tokens" if tr else run_dir.resolve().name
     out = Path(out) if out else run_dir/'plot.png'
     tmp = out.with_name(f'.{out.stem}.tmp-{os.getpid()}{out.suffix}')
-    draw_metrics(rows, title=title).savefig(tmp, dpi=72)
+    draw_metrics(rows, title=title).savefig(tmp, dpi=dpi)
     os.replace(tmp, out)
     return out
 

@@ -595,7 +595,8 @@ def _val_loss(model:GPT, tokens, tok_bytes, seq_len:int, batch_size:int=8, max_b
 def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
                         data:str|None=None, # corpus to evaluate on (default: the run's --data)
                         n_samples:int=8, max_new_tokens:int=128, eval_batches:int=20,
-                        seed:int=0, device=None, **sampling) -> dict:
+                        seed:int=0, device=None, log=None, # where the unknown-characters warning goes (default stderr)
+                        **sampling) -> dict:
     "Validation loss and bits per byte, and the diversity metrics of samples next to the corpus's own"
     model, tok, meta = load_model(ckpt, device)
     flags = (meta.get('config') or {}).get('flags') or {}
@@ -604,18 +605,32 @@ def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
     seq_len = min(flags.get('seq_len') or model.config.block_size, model.config.block_size)
     d = prepare_data(src, seq_len=seq_len, val_frac=flags.get('val_fraction') or 0.1,  # the run's own split (old runs: their seeded one)
                      split_seed=None if flags.get('val_fraction') else flags.get('seed') or 0, tokenizer_path=Path(meta['path'])/'tokenizer.json')
+    unk_id, unknown = tok.token_to_id('<unk>'), 0
+    if unk_id is not None: unknown = int((np.asarray(d.train) == unk_id).sum() + (np.asarray(d.val) == unk_id).sum())
+    if unknown: (log or (lambda m: print(m, file=sys.stderr)))(
+        f"warning: {unknown:,} characters of {src} ({100 * unknown / (len(d.train) + len(d.val)):.2g} %) are not in the model's "
+        "vocabulary: they are read as <unk>, and the loss on them means little")
     val_loss, val_bpb = _val_loss(model, d.val, token_bytes(tok), seq_len, flags.get('batch_size') or 8, eval_batches)
     pairs = turn_prompts(decode(np.asarray(d.val[:200_000], dtype=np.int64).tolist(), byte_table(tok)), n_samples, seed)
     samples = generate_text(model, tok, [p for p, _ in pairs], max_new_tokens=max_new_tokens, seed=seed,
                             **{**dict(temperature=0.8), **sampling})
-    return dict(checkpoint=meta['path'], step=meta.get('step'), data=src, val_loss=val_loss, val_bpb=val_bpb,
+    return dict(checkpoint=meta['path'], step=meta.get('step'), data=src, val_loss=val_loss, val_bpb=val_bpb, unknown_chars=unknown,
+                temperature=sampling.get('temperature', 0.8),
                 samples=diversity(samples), corpus=reference_metrics(samples, [c for _, c in pairs]),
                 examples=[p + s for (p, _), s in zip(pairs, samples)])
 
-def format_eval(r:dict) -> str:
-    "The report `chatgot eval` prints"
+_BETTER = dict(distinct_1='higher: more varied', distinct_2='higher: more varied', distinct_3='higher: more varied',
+               self_bleu='lower: more varied', seq_rep_4='lower: less repetitive', rep_16='lower: less repetitive')
+
+def format_eval(r:dict, n_examples:int=3, width:int=160) -> str:
+    "The report `chatgot eval` prints: losses, a few samples, and the diversity metrics with the direction that is better"
     lines = [f"checkpoint {r['checkpoint']} (step {r['step']}) on {r['data']}",
-             f"val_loss {r['val_loss']:.4f}  val_bpb {r['val_bpb']:.4f}",
-             f"{'metric':12s} {'samples':>8s} {'corpus':>8s}"]
-    lines += [f"{k:12s} {r['samples'][k]:8.3f} {r['corpus'][k]:8.3f}" for k in r['samples']]
+             f"val loss {r['val_loss']:.4f} nats/token, {r['val_bpb']:.4f} bits/byte (lower is better)", "",
+             f"samples (prompt + model, {len(r['examples'])} drawn at temperature {r.get('temperature', 0.8)}, the first {min(n_examples, len(r['examples']))} shown):"]
+    lines += ['  ' + ' / '.join(l.strip() for l in e.strip().splitlines() if l.strip())[:width] for e in r['examples'][:n_examples]]
+    lines += ["", f"{'metric':12s} {'samples':>8s} {'corpus':>8s}  better (up to the corpus's value)"]
+    lines += [f"{k:12s} {r['samples'][k]:8.3f} {r['corpus'][k]:8.3f}  {_BETTER[k]}" for k in _BETTER if k in r['samples']]
+    lines.append("corpus: the true continuations of the same prompts, cut to each sample's length; "
+                 "far beyond the corpus's value is noise, not variety")
     return '\n'.join(lines)
+

@@ -6,13 +6,13 @@ Docs: https://chatgot.github.io/chatgot/test_utils.html.md"""
 
 # %% ../nbs/90_test_utils.ipynb #0bf9100d
 from __future__ import annotations
-import random
+import os, random, re
 import numpy as np
 from .data import TokenData, token_bytes, train_tokenizer
 from .model import GPT, preset_config
 
 # %% auto #0
-__all__ = ['tiny_text', 'tiny_data', 'tiny_model']
+__all__ = ['SLOW_ENV', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -37,3 +37,18 @@ def tiny_data(n_turns:int=400, seed:int=0, val_frac:float=0.1) -> TokenData:
 def tiny_model(data:TokenData, **kw) -> GPT:
     "The `tiny` preset sized for `data`'s vocabulary"
     return GPT(preset_config('tiny', vocab_size=data.vocab_size, **kw))
+
+# %% ../nbs/90_test_utils.ipynb #786170e4
+SLOW_ENV = 'CHATGOT_SLOW'  # set to 1 to run the `#| slow` cells in Jupyter
+
+def _skip_slow(lines:list) -> list:
+    "IPython input transformer: a `#| slow` cell becomes a one-line note unless CHATGOT_SLOW=1"
+    if not lines or not re.match(r'#\|\s*slow\b', lines[0].strip()) or os.environ.get(SLOW_ENV) == '1': return lines
+    return [f"print('slow cell skipped (set {SLOW_ENV}=1 to run it)')\n"]
+
+def skip_slow_cells():
+    "In an IPython kernel, skip cells flagged `#| slow` unless CHATGOT_SLOW=1"
+    try: from IPython import get_ipython
+    except ImportError: return
+    ip = get_ipython()
+    if ip is not None and _skip_slow not in ip.input_transformers_cleanup: ip.input_transformers_cleanup.append(_skip_slow)

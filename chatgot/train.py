@@ -6,14 +6,14 @@ Docs: https://chatgot.github.io/chatgot/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #4b6755be
 from __future__ import annotations
-import dataclasses, json, os, time
+import dataclasses, json, os, shlex, time
 from pathlib import Path
 import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
 from .data import prepare_data
 from .batch_size import MicroBatchController
 from .distributed import DDPCallback, distributed
-from .eta import EtaCallback, ProgressCallback, plot_run
+from .eta import EtaCallback, ProgressCallback, is_eval_row, plot_run
 from .grad_ckpt import GradCheckpointCallback, as_switch
 from .learner import Callback, Learner
 from .loss_trend import LossTrendCallback
@@ -23,7 +23,8 @@ from .model import GPT, PRESETS, preset_config
 from tokenizers import Tokenizer
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'CompileCallback', 'run_callbacks', 'train']
+__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'check_same_data', 'CompileCallback',
+           'run_callbacks', 'checkpoint_sizes', 'run_summary', 'train']
 
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
@@ -48,7 +49,7 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     if preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
     base = dict(data='builtin:shakespeare', val_fraction=0.1, preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
-                vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=3,
+                vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=1,
                 log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
                 **TRAIN_DEFAULTS[preset])
     f = {**base, **{k: v for k, v in f.items() if v is not None}}
@@ -85,12 +86,18 @@ def _write_json_atomic(path:Path, obj):
 
 def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
     "The run folder, its stored flags (on resume) and the checkpoint to resume from"
-    out = Path(out) if out else Path('runs')/time.strftime('%Y%m%d-%H%M%S')
+    if resume and not out: raise UsageError("--resume needs --out RUN (the run folder to continue)")
+    out = Path(out).expanduser() if out else Path('runs')/time.strftime('%Y%m%d-%H%M%S')
+    if out.exists() and not out.is_dir(): raise UsageError(f"--out {out} is a file, not a folder")
     ckpts, cfg = out/'checkpoints', out/'config.json'
     if not resume:
-        if cfg.exists() or (ckpts.exists() and any(ckpts.iterdir())):
+        if cfg.exists() or (ckpts.is_dir() and any(ckpts.iterdir())):
             raise UsageError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        other = sorted(p.name for p in out.iterdir() if not p.name.startswith('.')) if out.is_dir() else []
+        if other: raise UsageError(f"--out {out} holds other files ({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}) "
+                                   "but no run: choose a new or empty folder")
         return out, None, None
+    if not out.is_dir(): raise UsageError(f"cannot resume: {out} does not exist")
     if not cfg.exists(): raise UsageError(f"cannot resume: {out} holds no run (no config.json)")
     stored = json.loads(cfg.read_text())['flags']
     if not list_checkpoints(ckpts):  # stopped before its first checkpoint: start it again
@@ -98,6 +105,15 @@ def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
         return out, stored, None
     ck, _ = find_checkpoint(ckpts, log=lambda m: print(m, flush=True))
     return out, stored, ck
+
+def check_same_data(out:Path, data) -> None:
+    "On resume: the corpus must tokenize to the run's (token counts in its config.json), else one clear line"
+    try: was = json.loads((Path(out)/'config.json').read_text()).get('data') or {}
+    except (OSError, ValueError): return  # no readable config (another machine's rank): rank 0 checks
+    now = dict(source=data.source, train_tokens=len(data.train), val_tokens=len(data.val))
+    if any(k in was and was[k] != now[k] for k in ('train_tokens', 'val_tokens')):
+        raise UsageError(f"this run was trained on other data ({was.get('source')}, {was.get('train_tokens'):,} training tokens; "
+                         f"now {now['source']}, {now['train_tokens']:,}): resume with the run's --data, or train a new --out")
 
 # %% ../nbs/10_train.ipynb #5ebbab89
 class CompileCallback(Callback):
@@ -130,6 +146,32 @@ def _check_world(f:dict, d) -> None:
     if f['micro_batch_size'] != 'auto' and f['micro_batch_size'] > b:
         raise UsageError(f"--micro-batch-size counts sequences per process: at most --batch-size / processes = {b}, got {f['micro_batch_size']}")
 
+# %% ../nbs/10_train.ipynb #fbc0e3a4
+def _mb(n:int) -> str: return f"{n / 1e6:.1f} MB"
+
+def checkpoint_sizes(ckpt:Path) -> tuple[int, int]:
+    "Bytes of a checkpoint folder: (model weights, everything, optimizer state included)"
+    files = [p for p in Path(ckpt).iterdir() if p.is_file()]
+    return sum(p.stat().st_size for p in files if p.name == 'model.safetensors'), sum(p.stat().st_size for p in files)
+
+def run_summary(learn, out:Path, steps:int) -> str:
+    "The closing lines of `chatgot train`: final val loss, checkpoints on disk, and the commands to go on with"
+    q = shlex.quote(str(out))
+    ev = next((r for r in reversed(learn.recorder.rows) if is_eval_row(r) and r.get('val_loss') is not None), None)
+    lines = [f"final val loss {ev['val_loss']:.4f}, {ev['val_bpb']:.4f} bits/byte (step {ev['step']})" if ev else
+             f"no validation yet (stopped at step {learn.step})"]
+    cks = list_checkpoints(out/'checkpoints')
+    if cks:
+        w, t = checkpoint_sizes(cks[0])
+        lines.append(f"checkpoints: {len(cks)} kept in {out/'checkpoints'} ({_mb(sum(checkpoint_sizes(c)[1] for c in cks))}; "
+                     f"each {_mb(t)}: weights {_mb(w)}, optimizer state and the rest {_mb(t - w)})")
+    lines.append(f"plot: {out/'plot.png'}")
+    done = learn.step >= steps and not getattr(getattr(learn, 'checkpoint', None), 'interrupted', False)
+    lines += [f"chat:     chatgot chat --ckpt {q}", f"evaluate: chatgot eval --ckpt {q}"]
+    lines.append(f"train on: chatgot train --out {q} --resume --steps {2 * steps}" if done else
+                 f"resume:   chatgot train --out {q} --resume")
+    return '\n'.join(lines)
+
 # %% ../nbs/10_train.ipynb #4613bf62
 def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Learner:
     "Train with DESIGN.md's flags (as keyword arguments); returns the `Learner` after the run (on every rank under torchrun)"
@@ -139,6 +181,7 @@ def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Lea
 
 def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     out, stored, ck = d.on_main(prepare_run, out, resume)
+    if not quiet and d.main: print(f"run folder: {out}", flush=True)
     f = resolve_flags(flags, stored)
     _check_world(f, d)
     try: device = d.use_device(f['device']) if d.world > 1 else f['device']
@@ -154,6 +197,7 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
         return box['data'].tokenizer.to_str()
     tok = d.on_main(first)  # rank 0 trains (or loads) the tokenizer; the others use it
     data = box['data'] if 'data' in box else prep(Tokenizer.from_str(tok))
+    if stored is not None: check_same_data(out, data)
     mc = preset_config(f['preset'], vocab_size=data.vocab_size, n_layer=f['n_layer'], n_head=f['n_head'],
                        n_embd=f['n_embd'], dropout=f['dropout'])
     if f['seq_len'] > mc.block_size: raise UsageError(f"--seq-len {f['seq_len']} is longer than the model's context ({mc.block_size})")
@@ -187,4 +231,5 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
         if d.main and (out/'metrics.jsonl').exists():
             try: plot_run(out)
             except Exception as e: print(f"warning: could not draw {out/'plot.png'}: {e}", flush=True)  # never hides the run's own error
+    if not quiet and d.main: print(run_summary(learn, out, f['steps']), flush=True)
     return learn

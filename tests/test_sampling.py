@@ -230,7 +230,7 @@ def test_generate_same_seed_same_text(run_dir):
 def test_eval_prints_metrics(run_dir):
     r = cli('eval', '--ckpt', run_dir)
     assert r.returncode == 0, r.stderr
-    assert re.search(r"val_loss \d+\.\d+\s+val_bpb \d+\.\d+", r.stdout) and 'self_bleu' in r.stdout
+    assert re.search(r"val loss \d+\.\d+ nats/token, \d+\.\d+ bits/byte \(lower is better\)", r.stdout) and 'self_bleu' in r.stdout
 
 @pytest.mark.parametrize('args', [['generate', '--temperature', '-0.5'], ['generate', '--top-p', '0'], ['generate', '--top-p', '1.5'],
                                   ['generate', '--ckpt', '/no/such/run'], ['chat', '--ckpt', '/no/such/run'], ['eval'],

@@ -2,12 +2,13 @@
 
 Usage: python tools/run_nb.py nbs/00_data.ipynb [more.ipynb ...]
 Runs like `nbdev-test` (cells flagged `#| eval: false` and `#| cuda` are skipped) but also
-runs `#| slow` cells, and saves the outputs into the notebook. Run `nbdev-clean` after.
+runs `#| slow` cells (it sets CHATGOT_SLOW=1), and saves the outputs into the notebook. Run `nbdev-clean` after.
 """
-import sys, time
+import os, sys, time
 from pathlib import Path
 from nbdev.test import test_nb
 
+os.environ['CHATGOT_SLOW'] = '1'  # skip_slow_cells() in a notebook lets them run
 root = Path(__file__).resolve().parents[1]
 for p in sys.argv[1:]:
     t0 = time.time()
