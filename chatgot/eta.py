@@ -454,7 +454,7 @@ def is_eval_row(r) -> bool: return row_kind(r) == 'eval'
 # %% ../nbs/08_eta.ipynb #034f8142
 class ProgressCallback(Callback):
     "A `tqdm.auto` bar with loss, LR, tok/s, micro-batch, memory and ETA; a live plot in a Jupyter kernel"
-    order = 60
+    order, observer = 60, True  # only shows the run: if it fails it is switched off, training goes on
     def __init__(self, file=None,           # text stream for the bar (default: stderr)
                  leave:bool=True,            # keep the bar when the run ends
                  plot:bool|None=None,        # live plot; None: only in a Jupyter kernel

@@ -60,7 +60,7 @@ _child = textwrap.dedent(r'''
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     l.fit(10)
     print(json.dumps(dict(need=need, ref=ref.recorder.losses, losses=l.recorder.losses, step=l.step,
-                          sizes=[r['micro_batch_size'] for r in l.recorder.rows if 'loss' in r],
+                          sizes=[r['micro_batch_size'] for r in l.recorder.rows if r.get('kind') == 'step'],
                           events=[r for r in l.recorder.rows if 'event' in r])))
 ''')
 
@@ -121,7 +121,7 @@ def test_resume_keeps_the_learned_micro_batch(tmp_path, monkeypatch):
     b = train(out=tmp_path/'run', resume=True, quiet=True, cbs=cbs())
     assert b.start.micro_batch_size_at_start == 2  # not the full batch again
     assert b.microbatchcontroller.state_dict() == full.microbatchcontroller.state_dict()
-    sizes = lambda d: [r['micro_batch_size'] for r in map(json.loads, (d/'metrics.jsonl').read_text().splitlines()) if 'loss' in r]
+    sizes = lambda d: [r['micro_batch_size'] for r in map(json.loads, (d/'metrics.jsonl').read_text().splitlines()) if r.get('kind') == 'step']
     assert sizes(tmp_path/'run') == sizes(tmp_path/'full') and min(sizes(tmp_path/'full')) == 2
     fw, bw = full.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(fw[k], bw[k]) for k in fw)

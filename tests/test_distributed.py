@@ -57,7 +57,7 @@ def one_process(tmp, *args):
 
 def weights(run, step=STEPS): return load_file(run/'checkpoints'/f'step-{step:07d}'/'model.safetensors')
 def rows(run): return [json.loads(l) for l in (run/'metrics.jsonl').read_text().splitlines()]
-def losses(run): return {r['step']: r['loss'] for r in rows(run) if 'loss' in r}
+def losses(run): return {r['step']: r['loss'] for r in rows(run) if r.get('kind') == 'step'}
 def same(a, b): return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 def traces(tmp): return [json.loads((tmp/f'trace{r}.json').read_text()) for r in range(2)]
 
@@ -89,7 +89,7 @@ def test_end_to_end_matches_one_process(corpus, plain, tmp_path):
     run, r = plain
     assert {'config.json', 'metrics.jsonl', 'checkpoints', 'plot.png'} <= {p.name for p in run.iterdir()}
     assert json.loads((run/'config.json').read_text())['processes'] == 2
-    steps = [x for x in rows(run) if 'loss' in x]
+    steps = [x for x in rows(run) if x.get('kind') == 'step']
     assert [x['step'] for x in steps] == list(range(1, STEPS + 1))  # one writer: each step once
     assert {(x['batch_size'], x['micro_batch_size'], x['tokens'] // x['step']) for x in steps} == {(4, 2, 4 * 32)}
     assert r.stderr.count(f'done: step {STEPS}/{STEPS}') == 1  # one progress bar

@@ -71,7 +71,7 @@ def test_random_nonfinite_steps_are_skipped_bitwise(precision, fused):
     assert [(e['step'], e['loss_nonfinite'], e['grad_nonfinite']) for e in ev] == [(s, s in loss_at, s in grad_at) for s in poisoned]
     assert all(e['precision'] == precision for e in ev)
     assert l.mixedprecision.scaler.n_skipped == len(poisoned)
-    assert [r['step'] for r in l.recorder.rows if 'loss' in r and not math.isfinite(r['loss'])] == sorted(loss_at)
+    assert [r['step'] for r in l.recorder.rows if r.get('kind') == 'step' and not math.isfinite(r['loss'])] == sorted(loss_at)
 
 def test_fallback_after_k_counted_steps():
     "K non-finite losses within the window fall back at the next check; K-1 do not"
@@ -84,7 +84,7 @@ def test_fallback_after_k_counted_steps():
         to = 'bf16' if bf16_ok else 'fp32'
         assert [(e['step'], e['from_precision'], e['to_precision'], e['bad_steps']) for e in events(l.recorder.rows, 'fallback')] == \
                [(check, 'fp16', to, sorted(loss_at))]
-        assert [r['precision'] for r in l.recorder.rows if 'loss' in r] == ['fp16'] * check + [to] * 3
+        assert [r['precision'] for r in l.recorder.rows if r.get('kind') == 'step'] == ['fp16'] * check + [to] * 3
         assert finite(l.model)
     loss_at, _ = random_poison(8, check, K - 1, 0)
     l = learner([MixedPrecision('fp16', max_bad=K, window=20, check_every=check, verbose=False), InjectNonFinite(loss_at)])
@@ -125,7 +125,7 @@ def test_fp16_on_cpu_scales_and_unscales_before_clipping():
         runs[prec, mbs] = l
     assert torch.float16 in seen
     assert runs['fp16', 8].mixedprecision.scaler.get_scale() == 2.**16
-    gn = {k: [r['grad_norm'] for r in l.recorder.rows if 'loss' in r] for k, l in runs.items()}
+    gn = {k: [r['grad_norm'] for r in l.recorder.rows if r.get('kind') == 'step'] for k, l in runs.items()}
     assert gn['fp16', 8] == pytest.approx(gn['fp32', 8], rel=2e-2)
     assert torch.allclose(runs['fp16', 8].grab.g, runs['fp16', 2].grab.g, atol=1e-3)  # accumulation: same unscaled gradient
     assert torch.allclose(runs['fp16', 8].grab.g, runs['fp32', 8].grab.g, atol=1e-2)
@@ -172,7 +172,7 @@ def test_resume_through_train_keeps_the_fallen_back_precision(tmp_path, monkeypa
     assert resumed.precision == fallen and resumed.mixedprecision.scaler.n_fallbacks == 1
     assert same_weights(full, resumed)
     rows = [json.loads(x) for x in (tmp_path/'run'/'metrics.jsonl').read_text().splitlines()]
-    assert [r['precision'] for r in rows if 'loss' in r] == ['fp16'] * 4 + [fallen] * 12
+    assert [r['precision'] for r in rows if r.get('kind') == 'step'] == ['fp16'] * 4 + [fallen] * 12
     assert Counter((r['step'], r['event']) for r in rows if r.get('event') in ('nonfinite', 'fallback')) == \
            Counter({(1, 'nonfinite'): 1, (2, 'nonfinite'): 1, (3, 'nonfinite'): 1, (4, 'fallback'): 1, (11, 'nonfinite'): 1})
 
