@@ -129,6 +129,7 @@ def test_chaos(corpus, reference, tmp_path):
     for i in range(N_RUNS):
         kinds, lives, neutral = run_one(i, corpus, reference, tmp_path)
         total.update(kinds); n_lives += lives; n_neutral += neutral
+        if N_RUNS > 10: print(f"run {i}: {lives} processes, faults {dict(kinds)}{', bitwise equal' if neutral else ''}", flush=True)
     print(f"\nchaos: {N_RUNS} runs, {n_lives} processes, {time.time() - t0:.0f}s; all finished, 0 lost; "
           f"{n_neutral} arithmetic-neutral runs bitwise equal to the uninterrupted run")
     print("| fault | injected | survived | lost |\n|---|---|---|---|")
