@@ -17,7 +17,7 @@ __all__ = ['COMMANDS', 'train_cmd', 'train_defaults', 'generate_cmd', 'chat_cmd'
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
-              val_fraction:float=None, # share of the corpus held out for validation (fixed by the corpus, not the seed)
+              val_fraction:float=None, # share of the corpus held out for validation
               preset:str=None,      # model size: tiny, baby or 14m
               out:str=None,         # run folder, new or empty; with --resume the run to continue
               steps:int=None,       # optimizer steps to train to

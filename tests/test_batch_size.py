@@ -88,7 +88,7 @@ def test_no_retry_loop_when_nothing_fits(ckpt_before):
     with pytest.raises(MemoryBudgetError, match=r'^out of memory at micro-batch 1 even with gradient checkpointing on cpu: the step needed more than'):
         l.fit(5)
     assert inj.n_raised == len(size_ladder(16)) + (0 if ckpt_before else 1)
-    assert [e['action'] for e in l.recorder.rows if 'event' in e][-1] == 'stop' and l.step == 0
+    assert [e['action'] for e in l.recorder.rows if e.get('event') == 'oom'][-1] == 'stop' and l.step == 0
 
 def test_learner_bounds_retries_of_a_broken_handler(monkeypatch):
     "A handler that asks for retries without changing anything cannot loop forever"

@@ -132,7 +132,7 @@ def test_oom_in_the_optimizer_step_nothing_fixes(corpus, tmp_path, one_thread):
 
 def test_full_disk_mid_run_and_at_the_end(corpus, tmp_path):
     run = tmp_path/'run'
-    common = ['--data', corpus, '--preset', 'tiny', '--batch-size', '4', '--seq-len', '32', '--eval-batches', '2', '--out', run]
+    common = ['--data', corpus, '--preset', 'tiny', '--batch-size', '4', '--seq-len', '32', '--eval-batches', '2', '--keep-last', '5', '--out', run]
     r = cli(tmp_path, 'train', *common, '--steps', '20', '--save-every', '5', pre=NO_SPACE_AT_END)  # step 10's save fails
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'could not save the checkpoint of step 10' in r.stderr
