@@ -3,6 +3,7 @@ import json, math, shutil
 from pathlib import Path
 import pytest, torch
 from chatgot.learner import Callback, CancelFitException, CancelStepException, lr_at, read_jsonl
+from chatgot.checkpoint import list_checkpoints
 from chatgot.loss_trend import DivergenceError, InjectSpikes, LossTrendCallback, ScriptedLearner, noisy
 from chatgot.test_utils import tiny_text
 from chatgot.train import train
@@ -221,11 +222,14 @@ def test_e2e_rewind_skips_bad_data_and_stop_after_max_rewinds(corpus, tmp_path):
     assert (rw['step'], rw['from_step'], rw['checkpoint'], rw['skipped_batches']) == (80, 100, 'step-0000080', 20)
     assert l.step == 160 and l.sampler.k == 180 and l.losstrend.rewinds == 1 and l.losstrend.mult['rewind'] == 0.5
     i = rs.index(rw)
-    assert [r['step'] for r in rs[i + 1:] if 'loss' in r and 'event' not in r] == list(range(81, 161))
+    assert [r['step'] for r in rs[i + 1:] if r.get('kind') == 'step'] == list(range(81, 161))
     good = steps_rows(rs[i + 1:])
     assert max(good[s]['loss'] for s in good) < steps_rows(rs[:i])[80]['loss'] + 0.3   # the bad batches were skipped
     bad = {b: 'random' for b in range(41, 1000)}
     with pytest.raises(DivergenceError, match='checkpoints/latest is now step-0000040'):
-        train(out=tmp_path/'b', quiet=True, cbs=[LossTrendCallback(max_rewinds=1), InjectSpikes(bad)], data=corpus, **FLAGS)
+        train(out=tmp_path/'b', quiet=True, cbs=[LossTrendCallback(max_rewinds=1), InjectSpikes(bad)], data=corpus, **{**FLAGS, 'save_every': 10})
     assert (tmp_path/'b'/'checkpoints'/'latest').read_text().strip() == 'step-0000040'
     assert [r['event'] for r in rows(tmp_path/'b') if r.get('event') in ('rewind', 'diverged')] == ['rewind', 'diverged']
+    moved = [r['abandoned'] for r in rows(tmp_path/'b') if r.get('event') in ('rewind', 'diverged') and r.get('abandoned')]
+    print('abandoned:', moved, [sorted(p.name for p in (tmp_path/'b'/m).iterdir()) for m in moved])
+    assert moved and all(list_checkpoints(tmp_path/'b'/m) for m in moved)  # the diverged stretch's checkpoints: moved aside, not deleted
