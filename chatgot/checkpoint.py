@@ -211,16 +211,18 @@ class CheckpointCallback(Callback):
         if 'recorder' in self.learn.__dict__: self.learn.recorder.flush()
         if not self.dist.main: self.learn.state_dict(); self.saved_step = self.step; return  # this rank's part of rank 0's save
         try: save_checkpoint(self.learn, self.ckpt_dir, self.config)
-        except OSError as e:
-            good = find_checkpoint(self.ckpt_dir, log=lambda m: None)[0].name if list_checkpoints(self.ckpt_dir) else None
-            msg = f"could not save the checkpoint of step {self.step} ({e}); the newest good one is {good or 'none'}"
-            if 'recorder' in self.learn.__dict__: self.learn.recorder.event('save_failed', error=str(e), latest=good, final=final)
+        except Exception as e:  # a full disk is an OSError from Python, a SafetensorError or a RuntimeError from torch.save
+            try: good = find_checkpoint(self.ckpt_dir, log=lambda m: None)[0].name
+            except Exception: good = None
+            err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+            msg = f"could not save the checkpoint of step {self.step} ({err}); the newest good one is {good or 'none'}"
+            if 'recorder' in self.learn.__dict__: self.learn.recorder.event('save_failed', error=err, latest=good, final=final)
             if final: raise CheckpointSaveError(msg) from None
             print(f"warning: {msg}; training goes on and the next save retries", file=sys.stderr, flush=True)
             return
         self.saved_step = self.step
         try: prune_checkpoints(self.ckpt_dir, self.keep_last)
-        except OSError as e: print(f"warning: could not delete old checkpoints ({e})", file=sys.stderr, flush=True)
+        except Exception as e: print(f"warning: could not delete old checkpoints ({e})", file=sys.stderr, flush=True)
 
     def after_step(self):
         due = self.save_every and self.step % self.save_every == 0

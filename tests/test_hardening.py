@@ -142,3 +142,28 @@ def test_full_disk_mid_run_and_at_the_end(corpus, tmp_path):
     r = cli(tmp_path, 'train', *common[:-1], run2, '--steps', '10', '--save-every', '100', pre=NO_SPACE_AT_END)  # the final save fails
     assert r.returncode == 1 and 'could not save the checkpoint of step 10' in r.stderr
     assert 'could not save' in r.stderr.strip().splitlines()[-1] and 'Traceback' not in r.stderr
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A real 2 MiB filesystem (tmpfs): a tiny run's second checkpoint does not fit beside its first"
+    d = tmp_path/'disk'; d.mkdir()
+    if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2M', 'tmpfs', str(d)], capture_output=True).returncode:
+        pytest.skip('needs root to mount a small tmpfs')
+    yield d
+    subprocess.run(['umount', '-l', str(d)], capture_output=True)
+
+def test_a_really_full_disk(corpus, tmp_path, small_disk):
+    "No monkeypatch: the disk fills up; torch.save and safetensors fail with their own errors (not OSError)"
+    run = small_disk/'run'
+    common = ['--preset', 'tiny', '--batch-size', '4', '--seq-len', '32', '--eval-batches', '2', '--out', run]
+    r = cli(tmp_path, 'train', '--data', corpus, *common, '--steps', '20', '--save-every', '5')
+    assert r.returncode == 1, r.stderr[-2000:]                       # every step trained; only the final save failed
+    assert 'could not save the checkpoint of step 20' in r.stderr.strip().splitlines()[-1] and 'Traceback' not in r.stderr
+    assert 'training goes on' in r.stderr                            # the saves between failed without stopping the run
+    ck, meta = find_checkpoint(run/'checkpoints')                    # the good checkpoint is intact, no temp folder left
+    assert meta['step'] == 5 and not list((run/'checkpoints').glob('.tmp-*'))
+    assert steps(run)[-1] == 20
+    subprocess.run(['mount', '-o', 'remount,size=64M', str(small_disk)], check=True)  # the user frees some space
+    r = cli(tmp_path, 'train', '--out', run, '--resume')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert find_checkpoint(run/'checkpoints')[1]['step'] == 20
