@@ -23,6 +23,7 @@ sys.path.insert(0, str(HERE))
 from chaos_child import FLAGS, STEPS
 
 N_RUNS = int(os.environ.get('CHATGOT_CHAOS_RUNS', '6'))
+START = int(os.environ.get('CHATGOT_CHAOS_START', '0'))  # schedule number of the first run (the long version in parts)
 MATH = ['oom_fwd', 'oom_bwd', 'oom_clip', 'oom_opt', 'oom_eval', 'oom_sample', 'nan', 'inf', 'spike']
 NEUTRAL = ['observer']
 
@@ -126,7 +127,7 @@ def run_one(i, corpus, reference, tmp):
 def test_chaos(corpus, reference, tmp_path):
     total, n_lives, n_neutral = collections.Counter(), 0, 0
     t0 = time.time()
-    for i in range(N_RUNS):
+    for i in range(START, START + N_RUNS):
         kinds, lives, neutral = run_one(i, corpus, reference, tmp_path)
         total.update(kinds); n_lives += lives; n_neutral += neutral
         if N_RUNS > 10: print(f"run {i}: {lives} processes, faults {dict(kinds)}{', bitwise equal' if neutral else ''}", flush=True)
