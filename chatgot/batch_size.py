@@ -188,7 +188,7 @@ def after_oom(self:MicroBatchController):
     else: action, new = 'stop', None
     tried = oom_bytes(o['message'])
     peak = peak_memory(self.device) if getattr(self.learn, 'mem_base', None) is not None else None
-    self._event('oom', step=self.step + 1, action=action, micro_batch_size=m, new_micro_batch_size=new, error=o['error'],
+    self.learn.log('oom', step=self.step + 1, action=action, micro_batch_size=m, new_micro_batch_size=new, error=o['error'],
                 tried_bytes=tried, peak_bytes=peak, retry=o['retry'], failures=k, blocked_until_step=self.failed[m][1],
                 **({'ranks': o['ranks']} if 'ranks' in o else {}))
     if action == 'stop': raise MemoryBudgetError(self._stop_message(m, tried, peak))
@@ -210,12 +210,8 @@ def _stop_message(self:MicroBatchController, m, tried, peak) -> str:
             "use a shorter --seq-len, a smaller model or a device with more memory")
 
 @patch
-def _event(self:MicroBatchController, name, **info):
-    if hasattr(self.learn, 'recorder'): self.learn.recorder.event(name, **info)
-
-@patch
 def _say(self:MicroBatchController, msg:str):
-    if self.verbose: tqdm.write(msg, file=sys.stderr)
+    if self.verbose: self.learn.say(msg)
 
 # %% ../nbs/06_batch_size.ipynb #77aa6888
 @patch
@@ -241,7 +237,7 @@ def after_step(self:MicroBatchController):
         return
     old, self.current, self.stable, self.n_grow = self.current, nxt, 0, self.n_grow + 1
     self.learn.micro_batch_size = nxt
-    self._event('grow', micro_batch_size=nxt, from_micro_batch_size=old, stable_steps=self.stable_steps,
+    self.learn.log('grow', micro_batch_size=nxt, from_micro_batch_size=old, stable_steps=self.stable_steps,
                 failures=k, predicted_extra_bytes=need, available_bytes=avail)
     self._say(f"step {self.step}: {self.stable_steps} steps without OOM: micro-batch {old} -> {nxt} from the next step")
 

@@ -216,7 +216,7 @@ class CheckpointCallback(Callback):
             except Exception: good = None
             err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
             msg = f"could not save the checkpoint of step {self.step} ({err}); the newest good one is {good or 'none'}"
-            if 'recorder' in self.learn.__dict__: self.learn.recorder.event('save_failed', error=err, latest=good, final=final)
+            self.learn.log('save_failed', error=err, latest=good, final=final)
             if final: raise CheckpointSaveError(msg) from None
             print(f"warning: {msg}; training goes on and the next save retries", file=sys.stderr, flush=True)
             return

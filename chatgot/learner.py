@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import noop
+from tqdm.auto import tqdm
 from .data import BatchSampler, TokenData, atomic_write_text, eval_batches, token_bytes
 
 # %% auto #0
@@ -166,14 +167,21 @@ class Learner:
             try: f()
             except Exception as e: self.drop_observer(cb, event, e)
 
+    def log(self, event:str, **info):
+        "Log an event row (`oom`, `spike`, ...) with the numbers that explain it: how callbacks report what they did"
+        if 'recorder' in self.__dict__: self.recorder.event(event, **info)
+
+    def say(self, msg:str):
+        "One line for the user on the progress bar's stream (stderr by default) that does not break the bar; rank 0 only"
+        if self.dist.main: tqdm.write(msg, file=getattr(self.__dict__.get('progress'), 'file', None) or sys.stderr)
+
     def drop_observer(self, cb:Callback, where:str, e:BaseException):
         "An observer failed: report it once (an `observer_error` event, one warning line) and detach it"
         if cb in self.cbs: self.cbs.remove(cb)
         if self.__dict__.get(cb.name) is cb: del self.__dict__[cb.name]
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         print(f"warning: {type(cb).__name__} failed in {where} ({msg}); it is switched off, training goes on", file=sys.stderr, flush=True)
-        if cb is not self.__dict__.get('recorder') and 'recorder' in self.__dict__:
-            self.recorder.event('observer_error', callback=type(cb).__name__, where=where, error=msg)
+        if cb is not self.__dict__.get('recorder'): self.log('observer_error', callback=type(cb).__name__, where=where, error=msg)
 
     @property
     def local_batch_size(self) -> int:
@@ -303,7 +311,7 @@ def retry_oom(self:Learner, f, where:str, tries:int=3, shrink=None):
             err = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"  # plain text: the frames go with `e`
         release_memory(self.device)
         if shrink is not None: shrink()
-        if 'recorder' in self.__dict__: self.recorder.event('oom', where=where, retry=i + 1, error=err)
+        self.log('oom', where=where, retry=i + 1, error=err)
 
 @contextmanager
 def stop_on_oom(self:Learner, what:str, undo=noop):
@@ -318,7 +326,7 @@ def stop_on_oom(self:Learner, what:str, undo=noop):
     undo(); release_memory(self.device)
     self.fatal = final or OutOfMemoryStop(f"out of memory in {what} after every retry ({msg}); the run stopped at step {self.step} "
                                           "with a checkpoint: resume with a smaller --micro-batch-size, --seq-len or model, or --grad-checkpoint")
-    if 'recorder' in self.__dict__: self.recorder.event('oom_stop', where=what, error=msg)
+    self.log('oom_stop', where=what, error=msg)
     raise CancelFitException()
 
 for f in (_try_accumulate, _free_memory, _accumulate_or_retry, retry_oom, stop_on_oom): setattr(Learner, f.__name__, f)

@@ -110,6 +110,7 @@ class ScriptedLearner:
     def __call__(self, ev):
         for cb in self.cbs: getattr(cb, ev, lambda: None)()
     def set_lr(self, lr): self.cur_lr = lr
+    def log(self, event, **info): self.recorder.event(event, **info)
     def state_dict(self): return {'step': self.step}
     @property
     def events(self): return [r for r in self.recorder.rows if 'event' in r]
@@ -213,10 +214,6 @@ def after_cancel_step(self:LossTrendCallback):
 
 # %% ../nbs/07_loss_trend.ipynb #6bfef526
 @patch
-def _event(self:LossTrendCallback, name, **info):
-    if hasattr(self.learn, 'recorder'): self.learn.recorder.event(name, **info)
-
-@patch
 def _read(self:LossTrendCallback) -> dict|None:
     "Copy the queued per-step values to the host in one transfer, log spikes, update `plateau`; the newest row"
     if not self.pending: return None
@@ -226,7 +223,7 @@ def _read(self:LossTrendCallback) -> dict|None:
     for r in rows:
         if r['action'] in (1, 2):
             if r['action'] == 2: self.spikes.append(r['step'])   # loss spikes count toward lr_down; a clip already did its job
-            self._event('spike', action=_ACTIONS[r['action']], **{k: r[k] for k in ['step'] + _F[:10] + ['scale']})
+            self.learn.log('spike', action=_ACTIONS[r['action']], **{k: r[k] for k in ['step'] + _F[:10] + ['scale']})
     judged = [r for r in rows if math.isfinite(r['median'])]
     if judged:
         self.slope, full = judged[-1]['slope'], self.n_seen >= self.window
@@ -239,7 +236,7 @@ def _change(self:LossTrendCallback, which:str, f:float, name:str|None=None, **in
     old = self.lr_mult
     self.mult[which] = min(1., max(self.mult[which] * f, self.min_lr_mult))
     self.last_change = self.step
-    if name and self.lr_mult != old: self._event(name, lr_mult=self.lr_mult, lr_mult_before=old, **info)
+    if name and self.lr_mult != old: self.learn.log(name, lr_mult=self.lr_mult, lr_mult_before=old, **info)
 
 @patch
 def check(self:LossTrendCallback):
@@ -333,7 +330,7 @@ def _diverged(self:LossTrendCallback, last_good:int, **info):
     if rec is not None: rec.flush()                      # rows of the abandoned stretch, before any state is restored
     if self.rewinds >= self.max_rewinds:
         good = self._good_checkpoint(last_good, load=False)
-        self._event('diverged', rewinds=self.rewinds, latest=good.name if good else None, abandoned=_rel(self.moved_to), **info)
+        self.learn.log('diverged', rewinds=self.rewinds, latest=good.name if good else None, abandoned=_rel(self.moved_to), **info)
         raise DivergenceError(f"training diverged: at step {self.step} {_why(info)}, after {self.rewinds} rewinds"
                               + (f"; checkpoints/latest is now {good.name}" if good else '') + "; resume with a lower learning rate")
     keep = dict(rewinds=self.rewinds + 1, skipped=[list(s) for s in self.skipped], rewind_mult=self.mult['rewind'])
@@ -345,11 +342,11 @@ def _diverged(self:LossTrendCallback, last_good:int, **info):
     if path is None:
         self.run.zero_()
         if info['reason'] == 'rising': self.best_ema, self.best_step = info['loss_ema'], self.step   # the new level is the reference now
-        return self._event('lr_down', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
+        return self.learn.log('lr_down', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
     k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now   # skip the batches seen since the checkpoint
     self.skipped.append([k_ck, k_now])
     if rec is not None: rec.step_last = self.step       # the next row's step time counts from here
-    self._event('rewind', from_step=from_step, checkpoint=path.name, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
+    self.learn.log('rewind', from_step=from_step, checkpoint=path.name, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
                 lr_mult_before=old, rewinds=self.rewinds, abandoned=_rel(self.moved_to), **info)
     ck = self.learn.checkpoint
     ck.saved_step = None; ck.save()                     # the same step again, now with the rewind in it

@@ -234,7 +234,7 @@ def after_step(self:MixedPrecision):
     ev = self.scaler.maybe_fallback(self.step)
     if ev is None: return
     self._setup()
-    self.recorder.event('fallback', **ev)
+    self.learn.log('fallback', **ev)
     self._say(f"step {ev['step']}: {len(ev['bad_steps'])} non-finite steps within {ev['window']} "
               f"(steps {', '.join(map(str, ev['bad_steps']))}): falling back from {ev['from_precision']} to {ev['to_precision']}")
 
@@ -243,15 +243,15 @@ def log_skips(self:MixedPrecision):
     "Read the queued flags and log a `nonfinite` event (and a line) per skipped step"
     if self.scaler is None: return
     for e in self.scaler.read():
-        self.recorder.event('nonfinite', **e)
+        self.learn.log('nonfinite', **e)
         what = ' and '.join(w for w, f in (('loss', e['loss_nonfinite']), ('gradients', e['grad_nonfinite'])) if f)
         self._say(f"step {e['step']}: non-finite {what} in {e['precision']} (scale {e['scale']:g}), update skipped"
                   + (f"; {e['in_window']}/{e['max_bad']} toward a fallback" if e['counted'] else ''))
 
 @patch
 def _say(self:MixedPrecision, msg:str):
-    "A line on the progress bar's stream (stderr by default) that does not break the bar"
-    if self.verbose: tqdm.write(msg, file=getattr(getattr(self.learn, 'progress', None), 'file', None) or sys.stderr)
+    "A line for the user (`learn.say`), unless the callback is quiet"
+    if self.verbose: self.learn.say(msg)
 
 @patch
 def after_fit(self:MixedPrecision): self.log_skips()
