@@ -32,9 +32,9 @@ def learner_step_s(preset, batch_size, seq_len, grad_checkpoint, repeats, device
     vocab = preset_config(preset, vocab_size=8192).vocab_size
     m = GPT(preset_config(preset, vocab_size=vocab)); set_gradient_checkpointing(m, grad_checkpoint)
     l = Learner(m, fake_data(vocab), cbs=[StepTimer()], batch_size=batch_size, seq_len=seq_len, eval_batches=1, device=device)
-    l.fit(1); l.steptimer.rows.clear()  # warm-up, not timed
+    l.fit(1); l.step_timer.rows.clear()  # warm-up, not timed
     l.fit(1 + repeats)
-    return statistics.median(dt for _, _, dt in l.steptimer.rows)
+    return statistics.median(dt for _, _, dt in l.step_timer.rows)
 
 def grad_ckpt_rows(preset, batch_size, seq_lens, repeats, device):
     rows = []
@@ -70,7 +70,7 @@ class BackToFull(Callback):
     "Before each OOM step, put the controller back at the full batch and forget the failure (no back-off here)"
     def __init__(self, at): self.at = at
     def before_step(self):
-        c = self.learn.microbatchcontroller
+        c = self.learn.micro_batch_controller
         if self.step + 1 in self.at: c.failed.clear(); c.current = self.learn.micro_batch_size = self.batch_size
 
 def oom_cost(preset, batch_size, seq_len, repeats, where, block, device):
@@ -85,14 +85,14 @@ def oom_cost(preset, batch_size, seq_len, repeats, where, block, device):
                 cbs=[StepTimer(), BackToFull(at), InjectOOM(batch_size // 2, steps=at, where=where, block=block),
                      MicroBatchController(stable_steps=k, verbose=False)])
     l.fit(1)  # warm-up, not timed
-    l.steptimer.rows.clear()
+    l.step_timer.rows.clear()
     l.fit(1 + repeats * period)
-    rows = [r for r in l.steptimer.rows if r[0] > 2]  # skip the step right after the warm-up
+    rows = [r for r in l.step_timer.rows if r[0] > 2]  # skip the step right after the warm-up
     oom = [dt for s, _, dt in rows if s in at]
     full = [dt for s, mb, dt in rows if s not in at and mb == batch_size]
     half = [dt for s, mb, dt in rows if s not in at and mb == batch_size // 2]
     t = time.perf_counter(); gc.collect(); gc_s = time.perf_counter() - t
-    assert l.microbatchcontroller.n_oom == repeats and l.step == 1 + repeats * period
+    assert l.micro_batch_controller.n_oom == repeats and l.step == 1 + repeats * period
     return dict(where=where, block=block, seq_len=seq_len, batch_size=batch_size, n_oom=len(oom),
                 full_s=statistics.median(full), half_s=statistics.median(half), oom_s=statistics.median(oom), gc_collect_s=gc_s,
                 oom_over_full=statistics.median(oom) / statistics.median(full))

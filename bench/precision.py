@@ -53,10 +53,10 @@ def run(variant, precision, data, B, T, steps, device):
     m = GPT(preset_config('14m', vocab_size=8192))
     cb = MixedPrecision(precision, verbose=False) if variant == 'safe' else PlainAmp(precision)
     l = Learner(m, data, cbs=[cb, StepTimer()], batch_size=B, seq_len=T, eval_batches=1, total_steps=1 + steps, device=device)
-    t0 = time.perf_counter(); l.fit(1); warm = l.steptimer.t[1] - t0
+    t0 = time.perf_counter(); l.fit(1); warm = l.step_timer.t[1] - t0
     if not steps: return None, warm
     l.fit(1 + steps)
-    return (l.steptimer.t[1 + steps] - l.steptimer.t[1]) / steps, warm
+    return (l.step_timer.t[1 + steps] - l.step_timer.t[1]) / steps, warm
 
 def main(a):
     if a.threads: torch.set_num_threads(a.threads)

@@ -11,7 +11,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import torch
-from fastcore.basics import noop
+from fastcore.basics import class2attr, noop
 from tqdm.auto import tqdm
 from .data import BatchSampler, TokenData, atomic_write_text, eval_batches, token_bytes
 
@@ -39,9 +39,7 @@ class Callback:
     order, learn = 0, None
     observer = False  # True: only watches training; if it fails it is switched off and the run goes on
     @property
-    def name(self):
-        n = type(self).__name__
-        return (n[:-len('Callback')] if n.endswith('Callback') and n != 'Callback' else n).lower()
+    def name(self): return class2attr(self, 'Callback')  # `LossTrendCallback` -> `learn.loss_trend`
     def __getattr__(self, k):
         if k.startswith('_') or k in ('learn',) or self.learn is None: raise AttributeError(k)
         return getattr(self.learn, k)
@@ -419,7 +417,9 @@ def load_state_dict(self:Learner, sd:dict):
     set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else sd['rng'])
     if self.dist.rank >= len(rngs): self.dist.seed(self.seed, self.step)
     for cb in self.cbs:
-        if cb.name in sd['callbacks']: cb.load_state_dict(sd['callbacks'][cb.name])
+        old = type(cb).__name__.removesuffix('Callback').lower()  # the key in checkpoints written before snake_case names
+        st = sd['callbacks'].get(cb.name, sd['callbacks'].get(old))
+        if st is not None: cb.load_state_dict(st)
 
 for f in (state_dict, load_state_dict): setattr(Learner, f.__name__, f)
 

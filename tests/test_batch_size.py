@@ -35,7 +35,7 @@ def test_random_ooms_give_the_same_run(reference, seed):
     limits = {s: rng.choice([None, None, 1, 2, 3, 5, 7, 9, 15]) for s in range(1, 17)}
     inj = InjectOOM(limits.get, where=rng.choice(['forward', 'backward']), block=rng.choice([0, -1]))
     l = run([inj, MicroBatchController(stable_steps=rng.choice([1, 2, 3]), verbose=False)])
-    assert inj.n_raised > 0 and l.microbatchcontroller.n_oom == inj.n_raised  # the check is not vacuous
+    assert inj.n_raised > 0 and l.micro_batch_controller.n_oom == inj.n_raised  # the check is not vacuous
     assert (l.step, l.tokens, len(l.recorder.losses)) == (reference.step, reference.tokens, 16)
     assert all(torch.equal(a, b) for a, b in zip(l.trace.batches, reference.trace.batches))
     assert all(limits[s] is None or m <= limits[s] for s, m in enumerate(l.trace.sizes, 1))  # it ran at a size that fits
@@ -120,7 +120,7 @@ def test_resume_keeps_the_learned_micro_batch(tmp_path, monkeypatch):
     assert (a.step, a.micro_batch_size) == (5, 2)
     b = train(out=tmp_path/'run', resume=True, quiet=True, cbs=cbs())
     assert b.start.micro_batch_size_at_start == 2  # not the full batch again
-    assert b.microbatchcontroller.state_dict() == full.microbatchcontroller.state_dict()
+    assert b.micro_batch_controller.state_dict() == full.micro_batch_controller.state_dict()
     sizes = lambda d: [r['micro_batch_size'] for r in map(json.loads, (d/'metrics.jsonl').read_text().splitlines()) if r.get('kind') == 'step']
     assert sizes(tmp_path/'run') == sizes(tmp_path/'full') and min(sizes(tmp_path/'full')) == 2
     fw, bw = full.model.state_dict(), b.model.state_dict()

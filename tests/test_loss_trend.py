@@ -205,10 +205,10 @@ def test_e2e_resume_continues_the_callback_state(corpus, tmp_path):
     ref = train(out=tmp_path/'ref', quiet=True, cbs=[cb(), InjectSpikes(SPIKES)], data=corpus, **flags)
     run = tmp_path/'run'
     l = train(out=run, quiet=True, cbs=[cb(), InjectSpikes(SPIKES), StopAt(70)], data=corpus, **flags)
-    assert l.step == 70 and l.losstrend.mult['spike'] == 0.7 and l.losstrend.spikes == [56]
+    assert l.step == 70 and l.loss_trend.mult['spike'] == 0.7 and l.loss_trend.spikes == [56]
     shutil.rmtree(run/'checkpoints'/'step-0000070')   # as if killed before it was written: resume from step 50
     l = train(out=run, resume=True, quiet=True, cbs=[cb(), InjectSpikes(SPIKES)], data=corpus)
-    assert l.step == 160 and l.losstrend.mult == ref.losstrend.mult and l.sampler.k == 160
+    assert l.step == 160 and l.loss_trend.mult == ref.loss_trend.mult and l.sampler.k == 160
     timeless = lambda rs: [{k: v for k, v in r.items() if not k.endswith('_s') and k != 'mem_peak_bytes'} for r in rs
                            if r.get('event') != 'resume']
     assert timeless(rows(run)) == timeless(rows(tmp_path/'ref'))
@@ -220,7 +220,7 @@ def test_e2e_rewind_skips_bad_data_and_stop_after_max_rewinds(corpus, tmp_path):
     rs = rows(tmp_path/'a')
     (rw,) = [r for r in rs if r.get('event') == 'rewind']
     assert (rw['step'], rw['from_step'], rw['checkpoint'], rw['skipped_batches']) == (80, 100, 'step-0000080', 20)
-    assert l.step == 160 and l.sampler.k == 180 and l.losstrend.rewinds == 1 and l.losstrend.mult['rewind'] == 0.5
+    assert l.step == 160 and l.sampler.k == 180 and l.loss_trend.rewinds == 1 and l.loss_trend.mult['rewind'] == 0.5
     i = rs.index(rw)
     assert [r['step'] for r in rs[i + 1:] if r.get('kind') == 'step'] == list(range(81, 161))
     good = steps_rows(rs[i + 1:])

@@ -66,11 +66,11 @@ def test_random_nonfinite_steps_are_skipped_bitwise(precision, fused):
     poisoned = sorted({*loss_at, *grad_at})
     assert l.precision == precision
     assert finite(l.model)
-    assert [s for s, same in l.weightwatch.same.items() if same] == poisoned  # skipped bitwise, and every other step updated
+    assert [s for s, same in l.weight_watch.same.items() if same] == poisoned  # skipped bitwise, and every other step updated
     ev = events(l.recorder.rows, 'nonfinite')
     assert [(e['step'], e['loss_nonfinite'], e['grad_nonfinite']) for e in ev] == [(s, s in loss_at, s in grad_at) for s in poisoned]
     assert all(e['precision'] == precision for e in ev)
-    assert l.mixedprecision.scaler.n_skipped == len(poisoned)
+    assert l.mixed_precision.scaler.n_skipped == len(poisoned)
     assert [r['step'] for r in l.recorder.rows if r.get('kind') == 'step' and not math.isfinite(r['loss'])] == sorted(loss_at)
 
 def test_fallback_after_k_counted_steps():
@@ -96,13 +96,13 @@ def test_fp16_grad_overflow_counts_only_at_the_scale_floor():
     "Gradient overflows above `min_scale` back the scale off (after `hysteresis`) and do not count; at the floor they do"
     l = learner([MixedPrecision('fp16', max_bad=10, check_every=5, verbose=False), InjectNonFinite(loss_at={1: 'nan', 2: 'inf', 3: 'nan'})])
     l.fit(5)  # non-finite losses count, but the scale does not answer for them
-    assert [e['counted'] for e in events(l.recorder.rows, 'nonfinite')] == [True] * 3 and l.mixedprecision.scaler.get_scale() == 2.**16
+    assert [e['counted'] for e in events(l.recorder.rows, 'nonfinite')] == [True] * 3 and l.mixed_precision.scaler.get_scale() == 2.**16
     grad_at = {s: 'inf' for s in (1, 2, 3, 4)}
     l = learner([MixedPrecision('fp16', max_bad=3, check_every=5, hysteresis=2, verbose=False), InjectNonFinite(grad_at=grad_at)])
     l.fit(5)
     ev = events(l.recorder.rows, 'nonfinite')
     assert [e['scale'] for e in ev] == [2.**16, 2.**16, 2.**15, 2.**14] and not any(e['counted'] for e in ev)
-    assert l.precision == 'fp16' and l.mixedprecision.scaler.get_scale() == 2.**13
+    assert l.precision == 'fp16' and l.mixed_precision.scaler.get_scale() == 2.**13
     l = learner([MixedPrecision('fp16', max_bad=3, check_every=5, init_scale=1., min_scale=1., verbose=False),
                  InjectNonFinite(grad_at=grad_at)])
     l.fit(6)
@@ -124,7 +124,7 @@ def test_fp16_on_cpu_scales_and_unscales_before_clipping():
         if h: h.remove()
         runs[prec, mbs] = l
     assert torch.float16 in seen
-    assert runs['fp16', 8].mixedprecision.scaler.get_scale() == 2.**16
+    assert runs['fp16', 8].mixed_precision.scaler.get_scale() == 2.**16
     gn = {k: [r['grad_norm'] for r in l.recorder.rows if r.get('kind') == 'step'] for k, l in runs.items()}
     assert gn['fp16', 8] == pytest.approx(gn['fp32', 8], rel=2e-2)
     assert torch.allclose(runs['fp16', 8].grab.g, runs['fp16', 2].grab.g, atol=1e-3)  # accumulation: same unscaled gradient
@@ -136,15 +136,15 @@ def test_resume_through_checkpoint_is_bitwise(tmp_path):
     def mp(): return MixedPrecision('fp16', max_bad=2, window=20, check_every=4, verbose=False)
     full = learner([mp(), InjectNonFinite(loss_at, grad_at)], total_steps=14); full.fit(14)
     first = learner([mp(), InjectNonFinite(loss_at, grad_at)], total_steps=14, out=tmp_path); first.fit(7)
-    assert first.precision == 'fp16' and first.mixedprecision.scaler.recent == [5, 6]  # the fallback is due at the check of step 8
+    assert first.precision == 'fp16' and first.mixed_precision.scaler.recent == [5, 6]  # the fallback is due at the check of step 8
     ck = save_checkpoint(first, tmp_path/'checkpoints')
     resumed = learner([mp(), InjectNonFinite(loss_at, grad_at)], total_steps=14, seed=1, out=tmp_path)
     load_checkpoint(resumed, ck)  # torch.load(weights_only=True) inside
-    assert (resumed.precision, resumed.mixedprecision.scaler.precision) == (first.precision, first.precision)
+    assert (resumed.precision, resumed.mixed_precision.scaler.precision) == (first.precision, first.precision)
     resumed.fit(14)
     assert [e['step'] for e in events(full.recorder.rows, 'fallback')] == [8, 12] if native_bf16('cpu') else [8]
     assert same_weights(full, resumed)
-    a, b = full.mixedprecision.scaler.state_dict(), resumed.mixedprecision.scaler.state_dict()
+    a, b = full.mixed_precision.scaler.state_dict(), resumed.mixed_precision.scaler.state_dict()
     assert torch.equal(a.pop('pending'), b.pop('pending')) and a == b
     rows = [json.loads(x) for x in (tmp_path/'metrics.jsonl').read_text().splitlines()]
     key = lambda rs: [(r['step'], r['event']) for r in rs if r.get('event') in ('nonfinite', 'fallback')]
@@ -169,7 +169,7 @@ def test_resume_through_train_keeps_the_fallen_back_precision(tmp_path, monkeypa
     fallen = next_precision('fp16', native_bf16('cpu'))
     assert part.step == 8 and part.precision == fallen
     resumed = train(out=tmp_path/'run', resume=True, quiet=True, cbs=cbs())
-    assert resumed.precision == fallen and resumed.mixedprecision.scaler.n_fallbacks == 1
+    assert resumed.precision == fallen and resumed.mixed_precision.scaler.n_fallbacks == 1
     assert same_weights(full, resumed)
     rows = [json.loads(x) for x in (tmp_path/'run'/'metrics.jsonl').read_text().splitlines()]
     assert [r['precision'] for r in rows if r.get('kind') == 'step'] == ['fp16'] * 4 + [fallen] * 12
@@ -222,8 +222,8 @@ def test_oom_retry_leaves_the_scaler_as_it_was():
     ref = learner([MixedPrecision('fp16', verbose=False)], micro_batch_size=4); ref.fit(4)
     for halve in (False, True):
         l = learner([MixedPrecision('fp16', verbose=False), OOMOnce(2, halve)], micro_batch_size=4); l.fit(4)
-        assert l.oomonce.hit and l.mixedprecision.scaler.n_skipped == 0
-        a, b = ref.mixedprecision.scaler.state_dict(), l.mixedprecision.scaler.state_dict()
+        assert l.oom_once.hit and l.mixed_precision.scaler.n_skipped == 0
+        a, b = ref.mixed_precision.scaler.state_dict(), l.mixed_precision.scaler.state_dict()
         assert torch.equal(a.pop('pending'), b.pop('pending')) and a == b
         if not halve: assert same_weights(ref, l)
 
