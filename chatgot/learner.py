@@ -11,15 +11,14 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import torch
-from fastcore.basics import class2attr, noop
+from fastcore.basics import class2attr, noop, patch
 from tqdm.auto import tqdm
 from .data import BatchSampler, TokenData, atomic_write_text, eval_batches, token_bytes
 
 # %% auto #0
 __all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'current_memory',
-           'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner', 'set_lr',
-           'is_oom', 'OutOfMemoryStop', 'release_memory', 'retry_oom', 'stop_on_oom', 'evaluate', 'eval_due', 'fit',
-           'state_dict', 'load_state_dict', 'jsonl_line', 'read_jsonl', 'keep_rows_upto', 'Recorder']
+           'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner', 'is_oom',
+           'OutOfMemoryStop', 'release_memory', 'jsonl_line', 'read_jsonl', 'keep_rows_upto', 'Recorder']
 
 # %% ../nbs/02_learner.ipynb #b021a455
 class CancelStepException(Exception):
@@ -191,13 +190,14 @@ class Learner:
         return nullcontext()
 
 # %% ../nbs/02_learner.ipynb #13c6ecad
+@patch
 def _with_events(self:Learner, f, name:str, ex, final=noop):
     try: self(f'before_{name}'); f()
     except ex: self(f'after_cancel_{name}')
     final(); self(f'after_{name}')
-Learner._with_events = _with_events
 
 # %% ../nbs/02_learner.ipynb #3046a5c5
+@patch
 def _accumulate(self:Learner):
     "Forward and backward over the step's micro-batches; the step loss stays on the device"
     self.opt.zero_grad(set_to_none=True)
@@ -218,8 +218,10 @@ def _accumulate(self:Learner):
             self('after_backward')
         self.step_loss += self.loss.detach().float() * w
 
+@patch
 def _clip(self:Learner): return torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip or float('inf'))
 
+@patch
 def _opt_step(self:Learner):
     "Clip, then update (a callback may replace the update by raising `CancelStepException`); each part survives an OOM"
     self('before_clip')
@@ -228,6 +230,7 @@ def _opt_step(self:Learner):
     self.retry_oom(lambda: self.opt.step(), 'optimizer step')
     self('after_opt_step')
 
+@patch
 def _do_step(self:Learner):
     self.step_loss = self.grad_norm = torch.full((), float('nan'), device=self.device)
     self.mem_base = current_memory(self.device) if reset_peak_memory(self.device) else None  # this step's peak starts here
@@ -240,17 +243,17 @@ def _do_step(self:Learner):
         self._accumulate_or_retry()
         self._opt_step()
 
+@patch
 def _end_step(self:Learner):
     self.mem_peak = None if getattr(self, 'mem_base', None) is None else peak_memory(self.device)  # host counters, no sync
     self.step += 1
     self.tokens += self.batch_size * self.seq_len
 
+@patch
 def set_lr(self:Learner, lr:float):
     "Set the learning rate of every parameter group"
     for g in self.opt.param_groups: g['lr'] = lr
     self.cur_lr = lr
-
-for f in (_accumulate, _clip, _opt_step, _do_step, _end_step, set_lr): setattr(Learner, f.__name__, f)
 
 # %% ../nbs/02_learner.ipynb #bf626a18
 _oom_texts = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
@@ -269,6 +272,7 @@ def release_memory(device, full:bool=True):
     if torch.device(device).type == 'cuda': torch.cuda.empty_cache()
     elif torch.device(device).type == 'mps': torch.mps.empty_cache()
 
+@patch
 def _try_accumulate(self:Learner) -> bool:
     "`_accumulate`; on OOM record it in `learn.oom` (plain values) and return False, outside the `except`"
     try: self._accumulate(); return True
@@ -278,12 +282,14 @@ def _try_accumulate(self:Learner) -> bool:
         self._oom_error = e.with_traceback(None)  # no frames, so nothing pins the failed step's tensors
     return False
 
+@patch
 def _free_memory(self:Learner):
     "Drop the partial gradients and the step's intermediate tensors, then return cached memory"
     self.opt.zero_grad(set_to_none=True)
     self.loss = self.loss_grad = self.mb_x = self.mb_y = None
     release_memory(self.device, full=self.oom_retries > 0)  # young generations first: a full pass costs ~0.13 s
 
+@patch
 def _accumulate_or_retry(self:Learner):
     "Forward and backward; after an OOM a callback in `after_oom` may set `learn.oom_retry` to redo the same batch"
     self.oom_retries = 0
@@ -299,6 +305,7 @@ def _accumulate_or_retry(self:Learner):
         self.oom_retries += 1
     self._oom_error = None
 
+@patch
 def retry_oom(self:Learner, f, where:str, tries:int=3, shrink=None):
     "`f()`, redone after an out-of-memory error (memory released, then `shrink()` if given) up to `tries` times"
     for i in range(tries + 1):
@@ -311,6 +318,7 @@ def retry_oom(self:Learner, f, where:str, tries:int=3, shrink=None):
         if shrink is not None: shrink()
         self.log('oom', where=where, retry=i + 1, error=err)
 
+@patch
 @contextmanager
 def stop_on_oom(self:Learner, what:str, undo=noop):
     "An OOM that escapes the block stops the fit cleanly: `undo()`, `learn.fatal` = `OutOfMemoryStop`, `CancelFitException`"
@@ -327,10 +335,10 @@ def stop_on_oom(self:Learner, what:str, undo=noop):
     self.log('oom_stop', where=what, error=msg)
     raise CancelFitException()
 
-for f in (_try_accumulate, _free_memory, _accumulate_or_retry, retry_oom, stop_on_oom): setattr(Learner, f.__name__, f)
 Learner.max_oom_retries = 32  # a handler that keeps asking for retries cannot loop forever
 
 # %% ../nbs/02_learner.ipynb #085bd812
+@patch
 @torch.no_grad()
 def _eval_sums(self:Learner, mb:int) -> tuple:
     "Summed loss, target tokens and target bytes over the validation windows, `mb` rows at a time"
@@ -347,6 +355,7 @@ def _eval_sums(self:Learner, mb:int) -> tuple:
             n_bytes += int(self.tok_bytes[ym[ym != -1]].sum())
     return loss_sum, n_tok, n_bytes
 
+@patch
 def _evaluate(self:Learner):
     box = dict(mb=self.micro_batch_size)
     def halve():
@@ -361,21 +370,25 @@ def _evaluate(self:Learner):
     if self.dist.world > 1: loss_sum, n_tok, n_bytes = self.dist.sum([loss_sum, n_tok, n_bytes])
     self.val_loss, self.val_bpb, self.val_step = loss_sum / n_tok, loss_sum / math.log(2) / n_bytes, self.step
 
+@patch
 def evaluate(self:Learner):
     "Validation loss and bits/byte, through the eval events"
     self._with_events(self._evaluate, 'eval', CancelEvalException)
     return self.val_loss, self.val_bpb
 
+@patch
 def eval_due(self:Learner) -> bool:
     "Is an evaluation due after the step just ended?"
     return self.step == self.n_steps or bool(self.eval_every and self.step % self.eval_every == 0)
 
+@patch
 def _fit(self:Learner):
     self.model.train()
     while self.step < self.n_steps:
         self._with_events(self._do_step, 'step', CancelStepException, self._end_step)
         if self.eval_due(): self.evaluate()
 
+@patch
 def _finally_fit(self:Learner):
     "Every `finally_fit` handler, each on its own: one that fails is reported, never hides the run's own error"
     for cb in list(self.cbs):
@@ -384,6 +397,7 @@ def _finally_fit(self:Learner):
         try: f()
         except Exception as e: print(f"warning: {type(cb).__name__}.finally_fit failed ({type(e).__name__}: {e})", file=sys.stderr, flush=True)
 
+@patch
 def fit(self:Learner, n_steps:int):
     "Train until optimizer step `n_steps` (counting from step 0, so a resumed learner finishes the same run)"
     if self.dist.world > 1 and not hasattr(self, 'ddp'):
@@ -395,9 +409,8 @@ def fit(self:Learner, n_steps:int):
     finally: self._finally_fit()  # also after a crash: callbacks give back what they took (signal handlers, files)
     if self.fatal is not None: raise self.fatal
 
-for f in (_eval_sums, _evaluate, evaluate, eval_due, _fit, _finally_fit, fit): setattr(Learner, f.__name__, f)
-
 # %% ../nbs/02_learner.ipynb #0d8bae7f
+@patch
 def state_dict(self:Learner) -> dict:
     "Counters, optimizer, RNG states, sampler position and callback states"
     rng = get_rng_state()
@@ -407,6 +420,7 @@ def state_dict(self:Learner) -> dict:
     if self.dist.world > 1: sd['rng_ranks'] = self.dist.gather(rng)  # every rank's own streams
     return sd
 
+@patch
 def load_state_dict(self:Learner, sd:dict):
     "Restore what `state_dict` captured (weights are loaded separately)"
     self.step, self.tokens = sd['step'], sd['tokens']
@@ -420,8 +434,6 @@ def load_state_dict(self:Learner, sd:dict):
         old = type(cb).__name__.removesuffix('Callback').lower()  # the key in checkpoints written before snake_case names
         st = sd['callbacks'].get(cb.name, sd['callbacks'].get(old))
         if st is not None: cb.load_state_dict(st)
-
-for f in (state_dict, load_state_dict): setattr(Learner, f.__name__, f)
 
 # %% ../nbs/02_learner.ipynb #1e4d640f
 def _strict(row:dict) -> dict:
