@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np, torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe
-from chatgot.batch_size import InjectOOM, MicroBatchController
+from chatgot.batch_size import MicroBatchController
+from chatgot.test_utils import InjectOOM
 from chatgot.data import TokenData, token_bytes, train_tokenizer
 from chatgot.grad_ckpt import measure_step, set_gradient_checkpointing
 from chatgot.learner import Callback, Learner

@@ -16,7 +16,7 @@ from .model import Block
 
 # %% auto #0
 __all__ = ['oom_bytes', 'fmt_bytes', 'memory_available', 'heap_in_use', 'tensor_bytes', 'size_ladder', 'as_micro_batch_size',
-           'InjectOOM', 'MemoryBudgetError', 'MicroBatchController']
+           'MemoryBudgetError', 'MicroBatchController']
 
 # %% ../nbs/06_batch_size.ipynb #c932e85c
 _units = {'bytes': 1, 'kb': 2**10, 'kib': 2**10, 'mb': 2**20, 'mib': 2**20, 'gb': 2**30, 'gib': 2**30, 'tb': 2**40, 'tib': 2**40}
@@ -87,41 +87,6 @@ def as_micro_batch_size(v) -> int|None:
     except (TypeError, ValueError): n = None
     if n is None or n < 1: raise ValueError(f"--micro-batch-size must be auto or a positive integer, got {v!r}")
     return n
-
-# %% ../nbs/06_batch_size.ipynb #9278ddf9
-class InjectOOM(Callback):
-    "Raise a realistic out-of-memory error, in chosen steps, whenever a micro-batch holds more than `limit` sequences"
-    order = -30
-    def __init__(self, limit,                 # largest micro-batch that "fits": an int, or a function step -> int|None (None: no OOM)
-                 steps=None,                  # steps (from 1) in which it is active, e.g. `range(20, 60)`; None: all
-                 where:str='backward',        # fail in the block's 'forward' or when 'backward' reaches it
-                 block:int=-1):               # which transformer block fails (-1: the last, the first one backward reaches)
-        if where not in ('forward', 'backward'): raise ValueError(f"where must be 'forward' or 'backward', got {where!r}")
-        self.limit, self.steps, self.where, self.block, self.n_raised = limit, steps, where, block, 0
-
-    def before_fit(self):
-        blocks = [m for m in self.model.modules() if isinstance(m, Block)]
-        if getattr(self, 'hook', None): self.hook.remove()  # a fit that ended in an exception never reached `after_fit`
-        self.hook = blocks[self.block].register_forward_hook(self._forward)
-    def after_fit(self): self.hook.remove()
-
-    def limit_now(self) -> int|None:
-        "The limit in the current step (None: no OOM)"
-        if self.steps is not None and self.step + 1 not in self.steps: return None
-        return self.limit(self.step + 1) if callable(self.limit) else self.limit
-
-    def _forward(self, mod, inp, out):
-        lim = self.limit_now()
-        if lim is None or out.shape[0] <= lim or not torch.is_grad_enabled(): return
-        cuda, n = out.device.type == 'cuda', out.numel() * out.element_size() * 4  # the MLP's hidden activation
-        msg = (f"CUDA out of memory. Tried to allocate {fmt_bytes(n)}. (injected by InjectOOM)" if cuda else
-               f"[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-               f"you tried to allocate {n} bytes. Error code 12 (Cannot allocate memory) (injected by InjectOOM)")
-        def fail(*_):
-            self.n_raised += 1
-            raise (torch.OutOfMemoryError if cuda else RuntimeError)(msg)
-        if self.where == 'forward': fail()
-        out.register_hook(fail)
 
 # %% ../nbs/06_batch_size.ipynb #508c3cc6
 class MemoryBudgetError(ValueError):

@@ -14,7 +14,7 @@ from .learner import Callback, CancelStepException
 from .checkpoint import CheckpointError, abandon_checkpoints, list_checkpoints, load_checkpoint, verify_checkpoint, _write_text_atomic
 
 # %% auto #0
-__all__ = ['robust_trend', 'DivergenceError', 'LossTrendCallback', 'ScriptedLearner', 'noisy', 'InjectSpikes']
+__all__ = ['robust_trend', 'DivergenceError', 'LossTrendCallback']
 
 # %% ../nbs/07_loss_trend.ipynb #b9dd892c
 def robust_trend(x:torch.Tensor # (series, n) values, oldest first; NaN marks a missing value
@@ -85,57 +85,6 @@ class LossTrendCallback(Callback):
         self._no, self._zero, self._three = torch.zeros((), dtype=torch.bool, device=d), torch.zeros((), device=d), torch.full((), 3., device=d)
         self.every = self.check_every or getattr(getattr(self.learn, 'recorder', None), 'log_every', 10)
         self.learn.loss_ema = self.ema / self.ema_w  # NaN until a step is accepted; a step cancelled first still queues it
-
-# %% ../nbs/07_loss_trend.ipynb #db03a8be
-class _Rows:
-    def __init__(self, log_every): self.rows, self.log_every = [], log_every
-    def event(self, name, **info): self.rows.append({'step': self.learn.step, 'event': name, **info})
-    def flush(self): pass
-
-class _Counter:
-    def __init__(self): self.k = 0
-
-class ScriptedLearner:
-    "Feeds scripted losses and gradient norms to callbacks through the step events; no model, no data"
-    def __init__(self, cbs, lr:float=1e-3, grad_clip:float=1.0, log_every:int=10):
-        self.device, self.lr, self.grad_clip, self.step = torch.device('cpu'), lr, grad_clip, 0
-        self.model = torch.nn.Linear(2, 1, bias=False)
-        self.params = list(self.model.parameters())
-        self.recorder, self.sampler = _Rows(log_every), _Counter()
-        self.recorder.learn = self
-        self.cbs = sorted(cbs, key=lambda c: c.order)
-        for cb in self.cbs: cb.learn = self; setattr(self, cb.name, cb)
-        self.lrs, self.scales = [], []
-
-    def __call__(self, ev):
-        for cb in self.cbs: getattr(cb, ev, lambda: None)()
-    def set_lr(self, lr): self.cur_lr = lr
-    def log(self, event, **info): self.recorder.event(event, **info)
-    def state_dict(self): return {'step': self.step}
-    @property
-    def events(self): return [r for r in self.recorder.rows if 'event' in r]
-
-    def fit(self, losses, grad_norms=None):
-        "One step per value of `losses` (and `grad_norms`, default 1.0)"
-        self.n_steps = self.step + len(losses)
-        self('before_fit')
-        for i, l in enumerate(losses):
-            self.set_lr(self.lr)
-            self.step_loss = torch.tensor(float(l))
-            self.grad_norm = torch.tensor(float(1.0 if grad_norms is None else grad_norms[i]))
-            self.model.weight.grad = torch.ones_like(self.model.weight)
-            try: self('before_opt_step')
-            except CancelStepException: self('after_cancel_step')
-            self.lrs.append(self.cur_lr); self.scales.append(self.model.weight.grad[0, 0].item())
-            self.step += 1; self.sampler.k += 1
-            self('after_step')
-        self('after_fit')
-        return self
-
-def noisy(n:int, level:float=3.0, sd:float=0.03, slope:float=0.0, seed:int=0) -> list:
-    "A scripted loss (or gradient-norm) sequence: `level + slope*t` plus seeded Gaussian noise"
-    g = torch.Generator().manual_seed(seed)
-    return (level + slope * torch.arange(n) + sd * torch.randn(n, generator=g)).tolist()
 
 # %% ../nbs/07_loss_trend.ipynb #88d026e9
 @patch
@@ -350,18 +299,3 @@ def _diverged(self:LossTrendCallback, last_good:int, **info):
                 lr_mult_before=old, rewinds=self.rewinds, abandoned=_rel(self.moved_to), **info)
     ck = self.learn.checkpoint
     ck.saved_step = None; ck.save()                     # the same step again, now with the rewind in it
-
-# %% ../nbs/07_loss_trend.ipynb #6a2cbd48
-class InjectSpikes(Callback):
-    "Corrupt chosen batches (random tokens) or multiply their loss, for checks and demos"
-    order = -20
-    def __init__(self, at:dict): # {batch number (1-based; the step number when there is no rewind): 'random' | loss factor}
-        self.at = at
-    def before_micro_batch(self):
-        if self.at.get(self.learn.sampler.k) != 'random': return
-        g = torch.Generator().manual_seed(self.learn.sampler.k)
-        V = self.learn.model.config.vocab_size
-        self.learn.mb_x, self.learn.mb_y = (torch.randint(0, V, t.shape, generator=g).to(t.device) for t in (self.mb_x, self.mb_y))
-    def after_loss(self):
-        f = self.at.get(self.learn.sampler.k)
-        if isinstance(f, (int, float)): self.learn.loss = self.loss * f

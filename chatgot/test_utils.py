@@ -7,12 +7,16 @@ Docs: https://chatgot.github.io/chatgot/test_utils.html.md"""
 # %% ../nbs/90_test_utils.ipynb #0bf9100d
 from __future__ import annotations
 import os, random, re
-import numpy as np
+import numpy as np, torch
 from .data import TokenData, token_bytes, train_tokenizer
 from .model import GPT, preset_config
+from .learner import Callback, CancelStepException
+from .model import Block
+from .batch_size import fmt_bytes
 
 # %% auto #0
-__all__ = ['SLOW_ENV', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells']
+__all__ = ['SLOW_ENV', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'ScriptedLearner', 'noisy', 'InjectSpikes',
+           'InjectOOM']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -52,3 +56,104 @@ def skip_slow_cells():
     except ImportError: return
     ip = get_ipython()
     if ip is not None and _skip_slow not in ip.input_transformers_cleanup: ip.input_transformers_cleanup.append(_skip_slow)
+
+# %% ../nbs/90_test_utils.ipynb #db03a8be
+class _Rows:
+    def __init__(self, log_every): self.rows, self.log_every = [], log_every
+    def event(self, name, **info): self.rows.append({'step': self.learn.step, 'event': name, **info})
+    def flush(self): pass
+
+class _Counter:
+    def __init__(self): self.k = 0
+
+class ScriptedLearner:
+    "Feeds scripted losses and gradient norms to callbacks through the step events; no model, no data"
+    def __init__(self, cbs, lr:float=1e-3, grad_clip:float=1.0, log_every:int=10):
+        self.device, self.lr, self.grad_clip, self.step = torch.device('cpu'), lr, grad_clip, 0
+        self.model = torch.nn.Linear(2, 1, bias=False)
+        self.params = list(self.model.parameters())
+        self.recorder, self.sampler = _Rows(log_every), _Counter()
+        self.recorder.learn = self
+        self.cbs = sorted(cbs, key=lambda c: c.order)
+        for cb in self.cbs: cb.learn = self; setattr(self, cb.name, cb)
+        self.lrs, self.scales = [], []
+
+    def __call__(self, ev):
+        for cb in self.cbs: getattr(cb, ev, lambda: None)()
+    def set_lr(self, lr): self.cur_lr = lr
+    def log(self, event, **info): self.recorder.event(event, **info)
+    def state_dict(self): return {'step': self.step}
+    @property
+    def events(self): return [r for r in self.recorder.rows if 'event' in r]
+
+    def fit(self, losses, grad_norms=None):
+        "One step per value of `losses` (and `grad_norms`, default 1.0)"
+        self.n_steps = self.step + len(losses)
+        self('before_fit')
+        for i, l in enumerate(losses):
+            self.set_lr(self.lr)
+            self.step_loss = torch.tensor(float(l))
+            self.grad_norm = torch.tensor(float(1.0 if grad_norms is None else grad_norms[i]))
+            self.model.weight.grad = torch.ones_like(self.model.weight)
+            try: self('before_opt_step')
+            except CancelStepException: self('after_cancel_step')
+            self.lrs.append(self.cur_lr); self.scales.append(self.model.weight.grad[0, 0].item())
+            self.step += 1; self.sampler.k += 1
+            self('after_step')
+        self('after_fit')
+        return self
+
+def noisy(n:int, level:float=3.0, sd:float=0.03, slope:float=0.0, seed:int=0) -> list:
+    "A scripted loss (or gradient-norm) sequence: `level + slope*t` plus seeded Gaussian noise"
+    g = torch.Generator().manual_seed(seed)
+    return (level + slope * torch.arange(n) + sd * torch.randn(n, generator=g)).tolist()
+
+# %% ../nbs/90_test_utils.ipynb #6a2cbd48
+class InjectSpikes(Callback):
+    "Corrupt chosen batches (random tokens) or multiply their loss, for checks and demos"
+    order = -20
+    def __init__(self, at:dict): # {batch number (1-based; the step number when there is no rewind): 'random' | loss factor}
+        self.at = at
+    def before_micro_batch(self):
+        if self.at.get(self.learn.sampler.k) != 'random': return
+        g = torch.Generator().manual_seed(self.learn.sampler.k)
+        V = self.learn.model.config.vocab_size
+        self.learn.mb_x, self.learn.mb_y = (torch.randint(0, V, t.shape, generator=g).to(t.device) for t in (self.mb_x, self.mb_y))
+    def after_loss(self):
+        f = self.at.get(self.learn.sampler.k)
+        if isinstance(f, (int, float)): self.learn.loss = self.loss * f
+
+# %% ../nbs/90_test_utils.ipynb #9278ddf9
+class InjectOOM(Callback):
+    "Raise a realistic out-of-memory error, in chosen steps, whenever a micro-batch holds more than `limit` sequences"
+    order = -30
+    def __init__(self, limit,                 # largest micro-batch that "fits": an int, or a function step -> int|None (None: no OOM)
+                 steps=None,                  # steps (from 1) in which it is active, e.g. `range(20, 60)`; None: all
+                 where:str='backward',        # fail in the block's 'forward' or when 'backward' reaches it
+                 block:int=-1):               # which transformer block fails (-1: the last, the first one backward reaches)
+        if where not in ('forward', 'backward'): raise ValueError(f"where must be 'forward' or 'backward', got {where!r}")
+        self.limit, self.steps, self.where, self.block, self.n_raised = limit, steps, where, block, 0
+
+    def before_fit(self):
+        blocks = [m for m in self.model.modules() if isinstance(m, Block)]
+        if getattr(self, 'hook', None): self.hook.remove()  # a fit that ended in an exception never reached `after_fit`
+        self.hook = blocks[self.block].register_forward_hook(self._forward)
+    def after_fit(self): self.hook.remove()
+
+    def limit_now(self) -> int|None:
+        "The limit in the current step (None: no OOM)"
+        if self.steps is not None and self.step + 1 not in self.steps: return None
+        return self.limit(self.step + 1) if callable(self.limit) else self.limit
+
+    def _forward(self, mod, inp, out):
+        lim = self.limit_now()
+        if lim is None or out.shape[0] <= lim or not torch.is_grad_enabled(): return
+        cuda, n = out.device.type == 'cuda', out.numel() * out.element_size() * 4  # the MLP's hidden activation
+        msg = (f"CUDA out of memory. Tried to allocate {fmt_bytes(n)}. (injected by InjectOOM)" if cuda else
+               f"[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+               f"you tried to allocate {n} bytes. Error code 12 (Cannot allocate memory) (injected by InjectOOM)")
+        def fail(*_):
+            self.n_raised += 1
+            raise (torch.OutOfMemoryError if cuda else RuntimeError)(msg)
+        if self.where == 'forward': fail()
+        out.register_hook(fail)

@@ -2,7 +2,8 @@
 import json, os, random, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
-from chatgot.batch_size import InjectOOM, MemoryBudgetError, MicroBatchController, size_ladder
+from chatgot.batch_size import MemoryBudgetError, MicroBatchController, size_ladder
+from chatgot.test_utils import InjectOOM
 from chatgot.grad_ckpt import enable_gradient_checkpointing
 from chatgot.learner import Callback, CancelFitException, Learner
 from chatgot.test_utils import tiny_data, tiny_model, tiny_text

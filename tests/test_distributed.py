@@ -26,7 +26,7 @@ PRE = textwrap.dedent('''
     import json, os, sys, time
     import chatgot.train as T
     from chatgot.learner import Callback
-    from chatgot.batch_size import InjectOOM
+    from chatgot.test_utils import InjectOOM
     RANK = int(os.environ['RANK'])
     class Trace(Callback):
         "Each step's micro-batch on this rank; where it stopped"

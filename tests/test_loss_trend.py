@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest, torch
 from chatgot.learner import Callback, CancelFitException, CancelStepException, lr_at, read_jsonl
 from chatgot.checkpoint import list_checkpoints
-from chatgot.loss_trend import DivergenceError, InjectSpikes, LossTrendCallback, ScriptedLearner, noisy
+from chatgot.loss_trend import DivergenceError, LossTrendCallback
+from chatgot.test_utils import InjectSpikes, ScriptedLearner, noisy
 from chatgot.test_utils import tiny_text
 from chatgot.train import train
 
