@@ -109,14 +109,12 @@ def run_one(i, corpus, reference, tmp):
     rows = read_jsonl(run/'metrics.jsonl', warn=None)
     failed = {r['step'] for r in rows if r.get('event') == 'save_failed'}
     evals = {r['step']: r['val_loss'] for r in rows if r.get('kind') == 'eval' and r['step'] % FLAGS['save_every'] == 0}
-    evals = {s: v for s, v in evals.items() if s not in failed}
     best = best_checkpoint(ck)
     assert best is not None, f"run {i}: no best checkpoint"
-    if evals:
-        s_best = min(evals, key=evals.get)
-        metas = [json.loads((p/'meta.json').read_text()) for p in live + [c for a in abandoned_sets(ck) for c in list_checkpoints(a)]]
-        assert any(m['step'] == s_best and m['val_loss'] == evals[s_best] for m in metas), \
-            f"run {i}: the best checkpoint (step {s_best}, val {evals[s_best]}) was lost; have {[(m['step'], m['val_loss']) for m in metas]}"
+    metas = [json.loads((p/'meta.json').read_text()) for p in live + [c for a in abandoned_sets(ck) for c in list_checkpoints(a)]]
+    for s in sorted(evals, key=evals.get):  # the best evaluated step whose checkpoint was written must still be there
+        if any(m['step'] == s and m['val_loss'] == evals[s] for m in metas): break
+        assert s in failed, f"run {i}: the best checkpoint (step {s}, val {evals[s]}) was lost; have {[(m['step'], m['val_loss']) for m in metas]}"
     neutral = not any(f['kind'] in MATH for f in sch['faults'])
     if neutral:
         ref = weights(reference/'checkpoints'/f'step-{STEPS:07d}')
