@@ -232,5 +232,4 @@ def test_e2e_rewind_skips_bad_data_and_stop_after_max_rewinds(corpus, tmp_path):
     assert (tmp_path/'b'/'checkpoints'/'latest').read_text().strip() == 'step-0000040'
     assert [r['event'] for r in rows(tmp_path/'b') if r.get('event') in ('rewind', 'diverged')] == ['rewind', 'diverged']
     moved = [r['abandoned'] for r in rows(tmp_path/'b') if r.get('event') in ('rewind', 'diverged') and r.get('abandoned')]
-    print('abandoned:', moved, [sorted(p.name for p in (tmp_path/'b'/m).iterdir()) for m in moved])
     assert moved and all(list_checkpoints(tmp_path/'b'/m) for m in moved)  # the diverged stretch's checkpoints: moved aside, not deleted
