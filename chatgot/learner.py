@@ -397,6 +397,13 @@ def _update(self:Learner):
     finally: del self.opt.found_inf, self.opt.grad_scale
 
 @patch
+def rewind(self:Learner, last_good:int, tag:str, load:bool=True) -> dict|None:
+    "Back to the newest good checkpoint at or before step `last_good` (loaded unless `load` is False): the checkpoint callback's job"
+    self.flush_log()  # the rows of the abandoned stretch, before any state is restored
+    ck = self.__dict__.get('checkpoint')
+    return None if ck is None else ck.rewind(last_good, tag, load)
+
+@patch
 def request_stop(self:Learner, reason:str, agreed:bool=False):
     "Stop after this step with a final checkpoint; on several processes once the ranks agree (`agreed`, from `DDPCallback`)"
     self.stop_asked = self.stop_asked or reason
