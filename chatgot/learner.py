@@ -29,7 +29,7 @@ class CancelEvalException(Exception):
     "Skip this evaluation"
 
 _events = """before_fit before_step before_micro_batch after_loss before_backward after_backward after_accumulate
-    after_oom before_clip before_opt_step after_cancel_step after_step before_eval after_eval after_fit finally_fit""".split()
+    after_oom before_clip before_opt_step after_cancel_step after_step before_eval after_eval before_log after_fit finally_fit""".split()
 
 # %% ../nbs/02_learner.ipynb #f258bdf0
 class Callback:
@@ -494,32 +494,25 @@ class Recorder(Callback):
         if self.step % self.log_every == 0: self.flush(self.step)
 
     def flush(self, step=None):
-        "Read the pending device values in one transfer and write their rows"
+        "Read the pending device values in one transfer, let callbacks add to the rows (`before_log`), write them"
         if not self.pending: return
         if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
-        now, n = time.perf_counter(), len(self.pending)
-        dt = (now - self.t_last) / max(1, (step or self.pending[-1][0]) - self.step_last)
-        timing = self.learn.__dict__.get('eta')  # `chatgot.eta.EtaCallback` if attached: step time without pauses, robust ETA
-        if timing is not None: self._observe(timing, 'report', now, self.pending[-1][0])
+        now, last, rows = time.perf_counter(), self.pending[-1][0], []
+        dt = (now - self.t_last) / max(1, (step or last) - self.step_last)
         vals = torch.stack([torch.stack([p[2].float(), p[3].float(), p[4].float()]) for p in self.pending]).cpu().tolist()
-        total = getattr(self.learn, 'n_steps', 0)
         for (st, tok, *_, lr, mbs, prec, mem), (loss, gn, ema) in zip(self.pending, vals):
             if math.isfinite(loss):
                 self.ema_n += 1
                 self.ema = self.beta * self.ema + (1 - self.beta) * loss
             if not math.isfinite(ema): ema = self.ema / (1 - self.beta ** self.ema_n) if self.ema_n else None
-            row = dict(kind='step', step=st, tokens=tok, loss=loss, loss_ema=ema,
-                       lr=lr, batch_size=self.batch_size, micro_batch_size=mbs, grad_norm=gn, precision=prec,
-                       mem_peak_bytes=mem, step_time_s=dt, tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
-                       eta_s=dt * max(0, total - st))
-            if (timing := self.learn.__dict__.get('eta')) is not None: row.update(self._observe(timing, 'fields', st) or {})
-            self._write(row)
-        self.pending, self.t_last, self.step_last = [], now, self.pending[-1][0]
-
-    def _observe(self, cb, method, *args):
-        "Call an observer's method for a row; if it fails it is detached like any failing observer"
-        try: return getattr(cb, method)(*args)
-        except Exception as e: self.learn.drop_observer(cb, method, e)
+            rows.append(dict(kind='step', step=st, tokens=tok, loss=loss, loss_ema=ema, lr=lr, batch_size=self.batch_size,
+                             micro_batch_size=mbs, grad_norm=gn, precision=prec, mem_peak_bytes=mem, step_time_s=dt,
+                             tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
+                             eta_s=dt * max(0, getattr(self.learn, 'n_steps', 0) - st)))
+        self.pending, self.t_last, self.step_last = [], now, last
+        self.learn.log_rows, self.learn.log_time = rows, now
+        self.learn('before_log')  # after the sync: the ETA callback puts in its step time (without pauses) and ETA
+        for row in rows: self._write(row)
 
     def after_eval(self):
         self.flush(self.step)
