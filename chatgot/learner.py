@@ -6,44 +6,20 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
-import json, math, os, random, sys, tempfile, time
+import math, random, sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import torch
-from fastcore.basics import class2attr, noop, patch
+from fastcore.basics import noop, patch
 from tqdm.auto import tqdm
-from .data import BatchSampler, TokenData, atomic_write_text, eval_batches, token_bytes
+from .data import BatchSampler, TokenData, eval_batches, token_bytes
+from .callback import (EVENTS, CancelEvalException, CancelFitException, CancelStepException, Callback, Recorder,
+                              jsonl_line, keep_rows_upto, read_jsonl)  # the last three: re-exported for older imports
 from .memory import OutOfMemoryStop, current_memory, is_oom, peak_memory, release_memory, reset_peak_memory
 
 # %% auto #0
-__all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'get_rng_state',
-           'set_rng_state', 'SingleProcess', 'Learner', 'jsonl_line', 'read_jsonl', 'keep_rows_upto', 'Recorder']
-
-# %% ../nbs/02_learner.ipynb #b021a455
-class CancelStepException(Exception):
-    "Skip the optimizer update of this step"
-class CancelFitException(Exception):
-    "Stop training after cleaning up"
-class CancelEvalException(Exception):
-    "Skip this evaluation"
-
-_events = """before_fit before_step before_micro_batch after_loss before_backward after_backward after_accumulate
-    after_oom before_clip before_opt_step after_cancel_step after_step before_eval after_eval before_log after_fit finally_fit""".split()
-
-# %% ../nbs/02_learner.ipynb #f258bdf0
-class Callback:
-    "Base class: methods named after events, an `order`, and a state protocol for checkpoints"
-    order, learn = 0, None
-    observer = False  # True: only watches training; if it fails it is switched off and the run goes on
-    @property
-    def name(self): return class2attr(self, 'Callback')  # `LossTrendCallback` -> `learn.loss_trend`
-    def __getattr__(self, k):
-        if k.startswith('_') or k in ('learn',) or self.learn is None: raise AttributeError(k)
-        return getattr(self.learn, k)
-    def state_dict(self) -> dict: return {}
-    def load_state_dict(self, sd:dict): pass
-    def __repr__(self): return f'{type(self).__name__}(order={self.order})'
+__all__ = ['lr_at', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner']
 
 # %% ../nbs/02_learner.ipynb #7fe47ac4
 def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> float:
@@ -128,7 +104,7 @@ class Learner:
         self.cbs.sort(key=lambda c: c.order)
 
     def __call__(self, event:str):
-        if event not in _events: raise ValueError(f"unknown event {event!r}")
+        if event not in EVENTS: raise ValueError(f"unknown event {event!r}")
         for cb in list(self.cbs):
             f = getattr(cb, event, None)
             if f is None: continue
@@ -175,7 +151,7 @@ class Learner:
 def _with_events(self:Learner, f, name:str, ex, final=noop):
     try: self(f'before_{name}'); f()
     except ex:
-        if f'after_cancel_{name}' in _events: self(f'after_cancel_{name}')
+        if f'after_cancel_{name}' in EVENTS: self(f'after_cancel_{name}')
     final(); self(f'after_{name}')
 
 # %% ../nbs/02_learner.ipynb #3046a5c5
@@ -432,111 +408,3 @@ def load_state_dict(self:Learner, sd:dict):
         old = type(cb).__name__.removesuffix('Callback').lower()  # the key in checkpoints written before snake_case names
         st = sd['callbacks'].get(cb.name, sd['callbacks'].get(old))
         if st is not None: cb.load_state_dict(st)
-
-# %% ../nbs/02_learner.ipynb #1e4d640f
-def _strict(row:dict) -> dict:
-    "`row` with non-finite floats as None, named with their value in `row['nonfinite']` (nested ones just None)"
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v): return None
-        if isinstance(v, dict): return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)): return [clean(x) for x in v]
-        return v
-    bad = {k: str(v).replace('inf', 'Infinity').replace('nan', 'NaN') for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
-    return {**clean(row), 'nonfinite': bad} if bad else clean(row)
-
-def jsonl_line(row:dict) -> str:
-    "One strict-JSON line (ending in a newline) for `row`"
-    return json.dumps(_strict(row), allow_nan=False) + '\n'
-
-def _stderr(msg): print(msg, file=sys.stderr, flush=True)
-
-def read_jsonl(path, warn=_stderr) -> list[dict]:
-    "The objects of a JSONL file, non-finite values restored; lines that do not parse (a torn last line) are skipped with a warning"
-    try: lines = Path(path).read_text(encoding='utf-8', errors='replace').splitlines()
-    except FileNotFoundError: return []
-    rows, bad = [], 0
-    for l in lines:
-        if not l.strip(): continue
-        try: r = json.loads(l)
-        except ValueError: bad += 1; continue
-        if not isinstance(r, dict): bad += 1; continue
-        for k, v in (r.pop('nonfinite', None) or {}).items(): r[k] = float(v)
-        rows.append(r)
-    if bad and warn: warn(f"warning: {path}: skipped {bad} line(s) that are not whole JSON objects (a torn write?)")
-    return rows
-
-def keep_rows_upto(path, step:int):
-    "Rewrite a JSONL run file atomically with only its rows of steps <= `step` (torn lines dropped)"
-    rows = read_jsonl(path, warn=_stderr)
-    atomic_write_text(path, ''.join(jsonl_line(r) for r in rows if r.get('step', 0) <= step))
-
-# %% ../nbs/02_learner.ipynb #3c8ba2a9
-class Recorder(Callback):
-    "Collect per-step metrics on the device, flush them to `metrics.jsonl` at log intervals"
-    order = -10  # records a step before any callback can stop the fit in `after_step`
-    def __init__(self, log_every:int=10, ema_beta:float=0.98):
-        self.log_every, self.beta = log_every, ema_beta
-        self.rows, self.pending, self.ema, self.ema_n = [], [], 0., 0
-        self.resumed_from, self.write_failed = None, False
-
-    def before_fit(self):
-        self.path = self.learn.out/'metrics.jsonl' if self.learn.out else None
-        if self.path and self.path.exists(): keep_rows_upto(self.path, self.step)
-        if self.resumed_from is not None: self.event('resume', tokens=self.tokens)
-        self.t_last, self.step_last = time.perf_counter(), self.step
-        self._nan = torch.full((), float('nan'), device=self.device)
-
-    def after_step(self):
-        lr, ema = getattr(self.learn, 'cur_lr', None), getattr(self.learn, 'loss_ema', None)
-        self.pending.append((self.step, self.tokens, self.step_loss.detach(), self.grad_norm.detach(),
-                             self._nan if ema is None else ema.detach(), lr, self.micro_batch_size, self.precision,
-                             getattr(self.learn, 'mem_peak', None)))
-        if self.step % self.log_every == 0: self.flush(self.step)
-
-    def flush(self, step=None):
-        "Read the pending device values in one transfer, let callbacks add to the rows (`before_log`), write them"
-        if not self.pending: return
-        if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
-        now, last, rows = time.perf_counter(), self.pending[-1][0], []
-        dt = (now - self.t_last) / max(1, (step or last) - self.step_last)
-        vals = torch.stack([torch.stack([p[2].float(), p[3].float(), p[4].float()]) for p in self.pending]).cpu().tolist()
-        for (st, tok, *_, lr, mbs, prec, mem), (loss, gn, ema) in zip(self.pending, vals):
-            if math.isfinite(loss):
-                self.ema_n += 1
-                self.ema = self.beta * self.ema + (1 - self.beta) * loss
-            if not math.isfinite(ema): ema = self.ema / (1 - self.beta ** self.ema_n) if self.ema_n else None
-            rows.append(dict(kind='step', step=st, tokens=tok, loss=loss, loss_ema=ema, lr=lr, batch_size=self.batch_size,
-                             micro_batch_size=mbs, grad_norm=gn, precision=prec, mem_peak_bytes=mem, step_time_s=dt,
-                             tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
-                             eta_s=dt * max(0, getattr(self.learn, 'n_steps', 0) - st)))
-        self.pending, self.t_last, self.step_last = [], now, last
-        self.learn.log_rows, self.learn.log_time = rows, now
-        self.learn('before_log')  # after the sync: the ETA callback puts in its step time (without pauses) and ETA
-        for row in rows: self._write(row)
-
-    def after_eval(self):
-        self.flush(self.step)
-        self._write(dict(kind='eval', step=self.step, tokens=self.tokens, val_loss=self.val_loss, val_bpb=self.val_bpb))
-
-    def event(self, name:str, **info):
-        "Log an event row (`oom`, `spike`, `fallback`, ...) with the numbers that explain it"
-        self._write({'kind': 'event', 'step': self.step, 'event': name, **info})
-
-    def after_fit(self): self.flush()
-
-    def _write(self, row:dict):
-        self.rows.append(row)
-        if not self.path: return
-        try:
-            with open(self.path, 'a') as f: f.write(('\n' if self.write_failed else '') + jsonl_line(row))  # never glue onto a torn line
-            if self.write_failed: self.write_failed = False; _stderr(f"{self.path}: writing again")
-        except OSError as e:
-            if not self.write_failed: _stderr(f"warning: cannot write {self.path} ({e}); rows are kept in memory, training goes on")
-            self.write_failed = True
-
-    @property
-    def losses(self): return [r['loss'] for r in self.rows if r.get('kind') == 'step']
-    def state_dict(self): return {'ema': self.ema, 'ema_n': self.ema_n}
-    def load_state_dict(self, sd):  # at a resume, or at a rewind in the middle of a fit
-        self.ema, self.ema_n, self.resumed_from = sd['ema'], sd['ema_n'], True
-        self.step_last = self.step  # the next row's step time counts from the restored step
