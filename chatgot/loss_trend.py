@@ -111,7 +111,7 @@ def before_opt_step(self:LossTrendCallback):
     "Judge the step, skip or clip it, update EMA and window, queue its numbers: all on the device"
     loss, gn = self.step_loss.detach().float(), self.grad_norm.detach().float()
     x = torch.stack([loss, gn])
-    bad = ~x.isfinite().all()                          # dropped, but not a spike (see above)
+    bad = ~x.isfinite().all()                          # dropped, but not a spike: MixedPrecision logs those
     if self.n_seen >= self.min_samples:
         med, slope, pred, dev, z, thr = self._judge(x)
         now = gn.clamp(max=self.grad_clip) if self.grad_clip else gn   # the norm after the Learner's clip
