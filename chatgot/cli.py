@@ -88,11 +88,12 @@ def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoi
                  seed:int=None,         # the same seed gives the same text (default: a fresh one each time)
                  debug:bool=False):     # show tracebacks
     "Print text sampled from a checkpoint, ending at a complete sentence"
-    from chatgot.sampling import DEFAULT_PROMPT, generate_text, load_model, make_processors
+    from chatgot.checkpoint import load_for_inference
+    from chatgot.generate import DEFAULT_PROMPT, generate_text, make_processors
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
     make_processors(**sampling)
     if max_new_tokens < 1: raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
-    model, tok, _ = load_model(_need_ckpt(ckpt))
+    model, tok, _ = load_for_inference(_need_ckpt(ckpt))
     text = generate_text(model, tok, prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens, trim='sentence', seed=seed, **sampling)[0]
     print((prompt or '') + text)
     return 0
@@ -110,8 +111,9 @@ def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder (required
              as_name:str=None, # the character the model plays (default: the corpus's most frequent speaker)
              debug:bool=False):# show tracebacks
     "Talk with a checkpoint: each line you type is your turn, the model answers in character; /quit or Ctrl-D ends"
-    from chatgot.sampling import chat, default_speaker, load_model
-    model, tok, meta = load_model(_need_ckpt(ckpt))
+    from chatgot.chat import chat, default_speaker
+    from chatgot.checkpoint import load_for_inference
+    model, tok, meta = load_for_inference(_need_ckpt(ckpt))
     name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
     if not name: raise ValueError("--as needs a character name")
     inp = _Input(sys.stdin)
