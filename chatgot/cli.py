@@ -137,7 +137,7 @@ def plot_cmd(run_dir:str=None,     # a run folder holding metrics.jsonl (require
              debug:bool=False): # show tracebacks
     "Draw RUN_DIR/plot.png from RUN_DIR/metrics.jsonl and print its path"
     if not run_dir: raise ValueError("give the run folder: chatgot plot RUN_DIR")
-    from chatgot.eta import plot_run
+    from chatgot.runs import plot_run
     print(plot_run(run_dir))
     return 0
 
@@ -158,7 +158,7 @@ def _rows(path:Path) -> list[dict]:
 
 def run_info(run:Path, now:float|None=None) -> dict:
     "Step, target steps, best val loss, disk use and status of one run folder"
-    from chatgot.eta import is_eval_row, is_step_row
+    from chatgot.runs import is_eval_row, is_step_row
     run, now = Path(run), time.time() if now is None else now
     try: steps = (json.loads((run/'config.json').read_text()).get('flags') or {}).get('steps')
     except (OSError, ValueError, AttributeError): steps = None
