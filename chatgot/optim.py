@@ -8,9 +8,10 @@ Docs: https://chatgot.github.io/chatgot/optim.html.md"""
 from __future__ import annotations
 import torch
 import torch.nn as nn
+from torch.optim._muon import _adjust_lr  # torch's per-shape LR rule, so ours matches it
 
 # %% auto #0
-__all__ = ['param_groups', 'Optimizers', 'make_optimizer']
+__all__ = ['param_groups', 'Optimizers', 'orthogonalize', 'Muon', 'make_optimizer']
 
 # %% ../nbs/01a_optim.ipynb #4d385be2
 def param_groups(model:nn.Module) -> dict:
@@ -37,6 +38,33 @@ class Optimizers:
         for o, s in zip(self.opts, sd['opts']): o.load_state_dict(s)
     def __repr__(self): return f"Optimizers({', '.join(type(o).__name__ for o in self.opts)})"
 
+# %% ../nbs/01a_optim.ipynb #c8b64442
+def orthogonalize(g:torch.Tensor, coefficients=(3.4445, -4.775, 2.0315), steps:int=5, eps:float=1e-7) -> torch.Tensor:
+    "Newton-Schulz iteration towards the nearest semi-orthogonal matrix of `g`, in `g`'s dtype (Muon's quintic)"
+    a, b, c = coefficients
+    x = g.T if g.size(0) > g.size(1) else g
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if g.size(0) > g.size(1) else x
+
+class Muon(torch.optim.Muon):
+    "`torch.optim.Muon` that orthogonalises in fp32 on the CPU (torch's bf16 path is emulated there)"
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not any(p.device.type == 'cpu' for g in self.param_groups for p in g['params']): return super().step(closure)
+        for g in self.param_groups:
+            for p in g['params']:
+                if p.grad is None: continue
+                buf = self.state[p].get('momentum_buffer')
+                if buf is None: buf = self.state[p]['momentum_buffer'] = torch.zeros_like(p.grad)
+                buf.lerp_(p.grad, 1 - g['momentum'])
+                u = p.grad.lerp(buf, g['momentum']) if g['nesterov'] else buf
+                u = orthogonalize(u.float(), g['ns_coefficients'], g['ns_steps'], g['eps']).to(p.dtype)
+                p.mul_(1 - g['lr'] * g['weight_decay'])
+                p.add_(u, alpha=-_adjust_lr(g['lr'], g['adjust_lr_fn'], p.shape))
+
 # %% ../nbs/01a_optim.ipynb #e4ff41ed
 def make_optimizer(model:nn.Module, kind:str='adamw', # 'adamw': AdamW everywhere; 'muon': Muon for hidden matrices
                    lr:float=1e-3, weight_decay:float=0.1, # decay of the matrices (never of vectors)
@@ -53,7 +81,7 @@ def make_optimizer(model:nn.Module, kind:str='adamw', # 'adamw': AdamW everywher
     if kind != 'muon': raise ValueError(f"optimizer must be adamw or muon, got {kind!r}")
     adam = torch.optim.AdamW([dict(params=g['embed'], weight_decay=weight_decay), dict(params=g['vector'], weight_decay=0.0)],
                              lr=lr, betas=betas, eps=eps, **fused)
-    muon = torch.optim.Muon(g['hidden'], lr=lr*muon_lr_scale, weight_decay=weight_decay, momentum=momentum,
+    muon = Muon(g['hidden'], lr=lr*muon_lr_scale, weight_decay=weight_decay, momentum=momentum,
                             adjust_lr_fn='match_rms_adamw')
     for grp in muon.param_groups: grp['lr_scale'] = muon_lr_scale
     return Optimizers(muon, adam)
