@@ -1,7 +1,7 @@
 """The recipe ablation: which optimizer and architecture changes buy validation loss per minute on a CPU.
 
 python bench/recipe.py [--data builtin:histories] [--preset baby] [--steps 1000] [--seeds 0 1] [--variants base muon ...]
-    -> prints a table, writes bench/results/recipe.json (read by nbs/01b_recipe.ipynb)
+    -> prints a table, writes bench/results/recipe.json (read by nbs/01c_recipe.ipynb)
 
 Every variant trains in the same plain loop (warmup + cosine LR, clip 1.0, fp32, the preset's batch and context) on
 the same batches (same seed, same sampler). The variants are run interleaved, one step of each in turn, so a machine
