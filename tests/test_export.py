@@ -190,3 +190,45 @@ def test_llama_cpp_tokenizes_and_generates_like_us(recipe, kind, toks, corpus, t
         got.append(int(logits.argmax())); llm.eval([got[-1]])
     print(f"{recipe} {kind}: max |logit difference| over 50 steps {max(gap):.2e}")
     assert got == want
+
+NODE_SCRIPT = r'''
+import fs from "node:fs";
+import {getLlama} from "node-llama-cpp";
+const [modelPath, textPath, promptJson, eosJson] = process.argv.slice(2);
+const llama = await getLlama({gpu: false, build: "never", logLevel: "error"});
+const model = await llama.loadModel({modelPath});
+const ids = Array.from(model.tokenize(fs.readFileSync(textPath, "utf8"), false));
+const ctx = await model.createContext({contextSize: 128, batchSize: 128, threads: 1, flashAttention: false});
+const seq = ctx.getSequence(), eos = JSON.parse(eosJson), out = [];
+let next = JSON.parse(promptJson);
+while (out.length < 50) {  // greedy; evaluate() ends at the end-of-text token: write it down and go on after it
+    for await (const t of seq.evaluate(next, {temperature: 0})) { out.push(t); if (out.length >= 50) break; }
+    if (out.length < 50) { out.push(eos); next = [eos]; }
+}
+process.stdout.write(JSON.stringify({ids, out}));
+'''
+
+@pytest.mark.slow
+@slow
+@pytest.mark.parametrize('kind', ['bpe', 'char'])
+@pytest.mark.parametrize('recipe', list(RECIPES))
+def test_node_llama_cpp_tokenizes_and_generates_like_us(recipe, kind, toks, corpus, tmp_path, one_thread):
+    "The same through llama.cpp's prebuilt binaries in node-llama-cpp (`npm install node-llama-cpp` in $CHATGOT_NODE_LLAMA_CPP)"
+    home = os.environ.get('CHATGOT_NODE_LLAMA_CPP')
+    if not home or not (Path(home)/'node_modules'/'node-llama-cpp').is_dir(): pytest.skip('set CHATGOT_NODE_LLAMA_CPP to a folder where node-llama-cpp is installed')
+    tok = toks[kind]
+    m = tiny(recipe, tok.get_vocab_size())
+    path = export(save_ckpt(m, tok, tmp_path/'ck'), 'gguf', tmp_path/'m.gguf', dtype='f32', log=lambda s: None)
+    (tmp_path/'c.txt').write_text(corpus); script = Path(home)/'chatgot_check.mjs'; script.write_text(NODE_SCRIPT)
+    prompt, eos = batch(tok, corpus, B=1)[0, :20].tolist(), gguf_eos(path)
+    p = subprocess.run(['node', str(script), str(path), str(tmp_path/'c.txt'), json.dumps(prompt), str(eos)], capture_output=True, text=True, cwd=home, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads(p.stdout)
+    assert res['ids'] == encode_text(tok, corpus).tolist()
+    want = generate(m, torch.tensor([prompt]), 50, make_processors(temperature=0))[0]
+    assert res['out'] == want, (res['out'], want)
+    print(f"{recipe} {kind}: 100 kB tokenized the same, 50 greedy tokens the same ({want.count(eos)} of them the end-of-text id {eos})")
+
+def gguf_eos(path):
+    import gguf
+    return gguf.GGUFReader(str(path)).fields['tokenizer.ggml.eos_token_id'].contents()
