@@ -48,7 +48,8 @@ def _zeros_or(m, name, n):
 def hf_config(model:GPT, dtype:str='f32') -> dict:
     "`config.json` of the stock `transformers` architecture that holds `model`"
     c, arch = model.config, model_arch(model)
-    common = dict(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, torch_dtype=str(DTYPES[dtype]).split('.')[1],
+    dt = str(DTYPES[dtype]).split('.')[1]
+    common = dict(vocab_size=c.vocab_size, tie_word_embeddings=c.tie_embeddings, dtype=dt, torch_dtype=dt,
                   bos_token_id=None, eos_token_id=None, pad_token_id=None, use_cache=True)
     if arch == 'gpt2':
         return dict(architectures=['GPT2LMHeadModel'], model_type='gpt2', n_positions=c.block_size, n_ctx=c.block_size,

@@ -232,3 +232,22 @@ def test_node_llama_cpp_tokenizes_and_generates_like_us(recipe, kind, toks, corp
 def gguf_eos(path):
     import gguf
     return gguf.GGUFReader(str(path)).fields['tokenizer.ggml.eos_token_id'].contents()
+
+def test_hf_half_precision_and_q8_0_fallback(toks, corpus, tmp_path, one_thread):
+    "--dtype f16/bf16 for hf loads and stays close; q8_0 writes rows that are no multiple of 32 in f16"
+    from transformers import AutoModelForCausalLM
+    import gguf
+    tok = toks['bpe']
+    m = tiny('llama', tok.get_vocab_size())
+    ck = save_ckpt(m, tok, tmp_path/'ck')
+    x = batch(tok, corpus, B=1)
+    for dt, torch_dt in (('f16', torch.float16), ('bf16', torch.bfloat16)):
+        hf = AutoModelForCausalLM.from_pretrained(export(ck, 'hf', tmp_path/dt, dtype=dt, log=lambda s: None), dtype=torch.float32).eval()
+        assert json.loads((tmp_path/dt/'config.json').read_text())['torch_dtype'] == str(torch_dt).split('.')[1]
+        with torch.no_grad(): assert (hf(x).logits - m(x)[0]).abs().max().item() < 0.5
+    odd = GPT(GPTConfig(vocab_size=tok.get_vocab_size(), block_size=32, n_layer=1, n_head=2, n_embd=48, pos='rope', norm='rmsnorm', mlp='swiglu'))
+    lines = []
+    path = export(save_ckpt(odd, tok, tmp_path/'odd'), 'gguf', tmp_path/'odd.gguf', dtype='q8_0', log=lines.append)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types['token_embd.weight'] == 'F16' and types['blk.0.ffn_down.weight'] == 'Q8_0'  # rows of 48 values; of 128 (mlp_hidden)
+    assert any('written in f16' in l for l in lines)
