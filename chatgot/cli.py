@@ -13,7 +13,7 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_cmd', 'train_defaults', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'run_info', 'list_runs',
-           'format_runs', 'runs_cmd', 'make_parser', 'main']
+           'format_runs', 'runs_cmd', 'make_parser', 'main', 'export_cmd']
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
@@ -259,6 +259,24 @@ def main(argv=None) -> int:
     except Exception as e:
         if args.get('debug'): traceback.print_exc()
         say(f"chatgot {cmd}: {type(e).__name__}: {e} (--debug shows the traceback)", getattr(e, 'agreed', False)); return 1
+
+# %% ../nbs/11_cli.ipynb #8e7ea891
+def export_cmd(ckpt:str=None,    # a run folder (its newest good checkpoint) or one checkpoint folder (required)
+               format:str=None,  # hf (a transformers folder) or gguf (one llama.cpp file) (required)
+               out:str=None,     # the folder (hf) or .gguf file (gguf) to write (required)
+               dtype:str='f32',  # f32, f16, bf16, or q8_0 (gguf only)
+               force:bool=False, # replace an existing --out
+               as_name:str=None, # the character the model plays in the chat template (default: the corpus's most frequent speaker)
+               debug:bool=False):# show tracebacks
+    "Export a checkpoint for transformers (--format hf) or llama.cpp (--format gguf)"
+    if not format: raise ValueError("--format hf|gguf is required")
+    from chatgot.export import export
+    path = export(ckpt, format, out, dtype=dtype, force=force, character=as_name)
+    print(f"wrote {path} ({format}, {dtype})")
+    return 0
+
+export_cmd.rename = {'as_name': '--as'}
+COMMANDS['export'] = export_cmd
 
 # %% ../nbs/11_cli.ipynb #4ee2da64
 if __name__ == '__main__': sys.exit(main())  # `python -m chatgot.cli` (torchrun needs a module)

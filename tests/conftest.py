@@ -6,3 +6,6 @@ def one_thread():
     n = torch.get_num_threads(); torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: long tests (builds or external runtimes), skipped unless CHATGOT_SLOW=1')
