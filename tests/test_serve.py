@@ -159,3 +159,45 @@ def test_busy_port_is_one_line(run, capsys):
         assert main(['serve', '--ckpt', str(run), '--port', str(port), '--device', 'cpu']) == 2
     err = capsys.readouterr().err.strip()
     assert f'cannot listen on 127.0.0.1:{port}' in err and len(err.splitlines()) == 1, err
+
+def chromium() -> str|None:
+    "A Chromium from the system's packages (Debian: apt-get install chromium), for the browser test"
+    import shutil
+    return os.environ.get('CHATGOT_CHROMIUM') or shutil.which('chromium') or shutil.which('chromium-browser')
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium: apt-get install chromium (the page test needs a real browser)")
+def test_page_in_a_real_browser(run, tmp_path):
+    "Open the page in headless Chromium, say a line, see the reply stream in; a screenshot goes to $CHATGOT_ARTIFACTS (default: the test's tmp folder)"
+    sync_api = pytest.importorskip('playwright.sync_api')
+    p, base = start(run, '--api-key', KEY)
+    try:
+        with sync_api.sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=chromium(), args=['--no-sandbox', '--disable-gpu'])
+            page = b.new_page(viewport={'width': 1000, 'height': 640})
+            page.goto(base + '/')
+            page.fill('#key', KEY); page.dispatch_event('#key', 'change')
+            page.wait_for_function("document.querySelectorAll('#characters option').length >= 4")
+            page.fill('#character', 'QUEEN'); page.fill('#max_tokens', '80')
+            # record every text the reply bubble shows, to see it grow in pieces
+            page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
+                const t = document.querySelector('.turn.them:last-child .text'); if (t) window.seen.push(t.textContent);
+              }).observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true}); }""")
+            for i, line in enumerate(['Where is the king, my lady?', 'Speak on, good queen.', 'What of York?']):
+                page.evaluate('window.seen = []')
+                page.fill('#text', line); page.press('#text', 'Enter')
+                page.wait_for_selector(f'.turn.them:nth-child({2 * i + 2})[data-done="1"]', timeout=60_000)
+                reply = page.locator('.turn.them .text').nth(i).inner_text()
+                seen = [s for s in page.evaluate('window.seen') if s]
+                assert page.locator('.turn.user .text').nth(i).inner_text() == line
+                assert page.locator('.turn.them .who').nth(i).inner_text() == 'QUEEN' and reply.strip(), reply
+                assert seen[-1] == reply, seen
+                if len(set(seen)) >= 2: break  # it grew in pieces: streamed (a one-word reply cannot show that: say another line)
+            assert len(set(seen)) >= 2, seen
+            shot = Path(os.environ.get('CHATGOT_ARTIFACTS') or tmp_path)/'serve_page.png'
+            shot.parent.mkdir(parents=True, exist_ok=True); page.screenshot(path=str(shot)); print(f"screenshot: {shot}")
+            n = page.locator('.turn').count()
+            page.click('#regen')  # regenerate: the reply is sampled again in the same place
+            page.wait_for_selector('.turn.them[data-done="1"]', timeout=60_000)
+            assert page.locator('.turn').count() == n and page.locator('.turn.error').count() == 0
+            b.close()
+    finally: p.terminate(); p.wait(10)
