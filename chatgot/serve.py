@@ -225,7 +225,7 @@ def make_app(model, tok, meta:dict, api_key:str|None=None, limits:Limits|None=No
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e):
         err = (e.errors() or [{}])[0]
-        loc = '.'.join(str(x) for x in err.get('loc', ()) if x != 'body')
+        loc = '' if err.get('type') == 'json_invalid' else '.'.join(str(x) for x in err.get('loc', ()) if x != 'body') # JSON errors: loc is a position
         msg = "the request body is not valid JSON" if err.get('type') == 'json_invalid' else f"{loc or 'body'}: {err.get('msg', 'invalid')}"
         return APIError(400, msg, param=loc or None).response()
     @app.exception_handler(StarletteHTTPException)
