@@ -260,9 +260,6 @@ def main(argv=None) -> int:
         if args.get('debug'): traceback.print_exc()
         say(f"chatgot {cmd}: {type(e).__name__}: {e} (--debug shows the traceback)", getattr(e, 'agreed', False)); return 1
 
-# %% ../nbs/11_cli.ipynb #4ee2da64
-if __name__ == '__main__': sys.exit(main())  # `python -m chatgot.cli` (torchrun needs a module)
-
 # %% ../nbs/11_cli.ipynb #serve-cmd
 def serve_cmd(ckpt:str=None,        # a run folder or one checkpoint folder (required)
               host:str='127.0.0.1', # address to listen on (0.0.0.0: every interface; then set an API key)
@@ -281,3 +278,6 @@ def serve_cmd(ckpt:str=None,        # a run folder or one checkpoint folder (req
     return 0
 
 COMMANDS['serve'] = serve_cmd
+
+# %% ../nbs/11_cli.ipynb #4ee2da64
+if __name__ == '__main__': sys.exit(main())  # `python -m chatgot.cli` (torchrun needs a module)

@@ -77,6 +77,8 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
         h = dict(scope['headers'])
+        if scope['method'] == 'POST' and not h.get(b'content-type', b'').startswith(b'application/json'): # `curl -d` says form data
+            scope = {**scope, 'headers': [(k, v) for k, v in scope['headers'] if k != b'content-type'] + [(b'content-type', b'application/json')]}
         if self.key and scope['path'].startswith('/v1'):
             auth = h.get(b'authorization', b'')
             given = auth[7:].strip() if auth[:7].lower() == b'bearer ' else b''
