@@ -129,6 +129,7 @@ def test_twenty_concurrent_clients(server, client):
     refused = [r for r in res if isinstance(r, openai.RateLimitError)]
     assert len(answered) + len(refused) == 20, res  # each answered or cleanly refused, nothing else
     assert len(answered) >= 10 and len(refused) >= 1  # 2 running + 8 waiting; the rest 429 at once
+    print(f"{len(answered)} answered, {len(refused)} refused with 429")
     assert all(e.status_code == 429 and e.body['code'] == 'rate_limit_exceeded' for e in refused)
     h = health(base)
     assert h['generations']['active'] == 0 and h['waiting'] == 0
