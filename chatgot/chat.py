@@ -6,55 +6,156 @@ Docs: https://chatgot.github.io/chatgot/chat.html.md"""
 
 # %% ../nbs/09b_chat.ipynb #cc1d02df
 from __future__ import annotations
-import re, sys
-from .data import NAME_LINE, encode_text, load_corpus, speakers
-from .generate import generate_text, make_processors, seeded_generator, unwrap_model
+import html, re, sys
+from pathlib import Path
+import torch
+from .data import NAME_LINE, SPEAKER, encode_text, load_corpus, speakers
+from .generate import (_sentence_end, byte_table, decode, find_boundary, generate, make_processors, protected_ids,
+                              seeded_generator, trim_text, unwrap_model)
 from .model import GPT
 
 # %% auto #0
-__all__ = ['default_speaker', 'ChatSession', 'chat', 'chat_box']
+__all__ = ['SAMPLING_DEFAULTS', 'characters', 'default_speaker', 'speaker_name', 'ReplyText', 'stream_reply', 'ChatSession',
+           'chat', 'transcript_html', 'chat_widget']
 
 # %% ../nbs/09b_chat.ipynb #e78af94b
+def characters(meta:dict, n:int=20) -> list[str]:
+    "The `n` most frequent speakers of the run's corpus, most frequent first ([] when it cannot be read)"
+    try: return [s for s, _ in speakers(load_corpus(meta['config']['flags']['data'])).most_common(n)]
+    except (KeyError, TypeError, ValueError, OSError): return []
+
 def default_speaker(meta:dict, fallback:str='KING') -> str:
     "The most frequent speaker of the run's corpus (or `fallback` when it cannot be read)"
-    try: return speakers(load_corpus(meta['config']['flags']['data'])).most_common(1)[0][0]
-    except (KeyError, TypeError, IndexError, ValueError, OSError): return fallback
+    return (characters(meta, 1) or [fallback])[0]
+
+def speaker_name(name:str) -> str:
+    "`name` as the corpus writes speakers (`lady_anne` -> `LADY ANNE`); `ValueError` if it cannot be one"
+    n = ' '.join(str(name).replace(':', ' ').replace('_', ' ').split()).upper()
+    if not re.fullmatch(SPEAKER, n): raise ValueError(f"{name!r} cannot be a speaker name (a letter first, at most 60 characters)")
+    return n
+
+# %% ../nbs/09b_chat.ipynb #8c398df4
+_maybe_name = re.compile(r"[A-Z][A-Z0-9 .'&-]{0,59}:?") # a last line that may still become a `NAME:` line
+
+class ReplyText:
+    "The text of a reply as its tokens arrive: what is safe to show (nothing a later token can take back) and whether it ended"
+    def __init__(self, table:list[bytes], # `byte_table(tok)`
+                 stop_at=('turn',), # boundaries that end the reply: 'turn', 'sentence' (() for raw text)
+                 stops=(), # strings that end the reply and are left out of it (OpenAI's `stop`)
+                 trim:str|None='word', # a reply ended by the token limit is cut back to its last 'word' or 'sentence' (None: kept)
+                 strip_names:bool=False): # drop `NAME:` lines at the start (the model handed the turn on)
+        self.table, self.stop_at, self.stops, self.trim = table, tuple(stop_at), [s for s in stops if s], trim
+        self.turn, self.strip_names, self.shown, self.ended = 'turn' in self.stop_at, strip_names, '', False
+
+    def text(self, ids) -> str:
+        "The reply so far in whole characters (in dialogue: without leading blank space, and stray name lines if `strip_names`)"
+        t = decode(ids, self.table)
+        if self.turn: t = t.lstrip()
+        if self.turn and self.strip_names: t = re.sub(rf"^(?:{NAME_LINE}\s*)+", '', t)
+        return t
+
+    def handed_on(self, ids) -> bool:
+        "Nothing shown yet and the reply starts with a `NAME:` line: the model gave the turn to someone"
+        return self.turn and not self.shown and re.match(NAME_LINE, self.text(ids)) is not None
+
+    def _safe(self, t:str) -> str:
+        if self.turn and _maybe_name.fullmatch(t[t.rfind('\n') + 1:]): t = t[:t.rfind('\n') + 1]
+        k = max((k for s in self.stops for k in range(1, len(s)) if t.endswith(s[:k])), default=0)
+        t = t[:len(t) - k]
+        if self.trim == 'word': t = re.sub(r"[\w'’-]+\Z", '', t)
+        elif self.trim == 'sentence': t = t[:max((m.end() for m in _sentence_end.finditer(t)), default=0)]
+        return t.rstrip() if self.turn else t
+
+    def update(self, ids, final:bool=False) -> str:
+        "New text to show now that the reply's ids are `ids`; `final`: generation stopped, release what the end allows"
+        t = self.text(ids)
+        cuts = [i for i in (t.find(s) for s in self.stops) if i >= 0] + [c for c in [find_boundary(t, self.stop_at)] if c is not None]
+        if cuts: t, self.ended, final = t[:min(cuts)], True, True
+        if final:
+            if not self.ended: t = trim_text(t, self.trim)
+            if self.turn: t = t.rstrip()
+        else: t = self._safe(t)
+        if not t.startswith(self.shown): return '' # never take back what was shown
+        new, self.shown = t[len(self.shown):], t
+        return new
+
+# %% ../nbs/09b_chat.ipynb #1476ccec
+def stream_reply(model:GPT, tok, prompt:str, # the text so far, ending where the reply starts
+                 on_text=None, # `on_text(piece)`: each new piece of text, as soon as it is safe to show
+                 max_new_tokens:int=120, procs=(), # logits processors (`make_processors`)
+                 generator:torch.Generator|None=None, seed:int|None=None,
+                 stop_at=('turn',), stops=(), trim:str|None='word', # `ReplyText`'s settings
+                 names=(), # speaker names the penalties leave alone
+                 tries:int=1, # in dialogue: sample again (up to this many times) when the model hands the turn on
+                 should_stop=None, # `should_stop() -> bool`, asked after every token: stop now
+                 table:list[bytes]|None=None) -> dict:
+    "Generate a continuation of `prompt` piece by piece: its `text`, `finish_reason` ('stop' or 'length'), token counts, `stopped` (True if `should_stop` ended it)"
+    model = unwrap_model(model)
+    dev, ids = model.lm_head.weight.device, encode_text(tok, prompt)
+    if not len(ids): raise ValueError("prompt must not be empty (it gives no tokens)")
+    table, g = table or byte_table(tok), generator or seeded_generator(dev, seed)
+    idx, prot, why = torch.as_tensor(ids, device=dev)[None], protected_ids(tok, names), None
+    for attempt in range(tries):
+        rt, last = ReplyText(table, stop_at, stops, trim, strip_names=attempt == tries - 1), attempt == tries - 1
+        def stop(new):
+            nonlocal why
+            if should_stop is not None and should_stop(): why = 'stopped'; return True
+            if not last and rt.handed_on(new): why = 'handed_on'; return True
+            if (p := rt.update(new)) and on_text: on_text(p)
+            return rt.ended
+        why = None
+        new = generate(model, idx, max_new_tokens, procs, generator=g, stop=stop, protected=prot)[0]
+        if why != 'handed_on': break
+    if (p := rt.update(new, final=True)) and on_text: on_text(p)
+    return dict(text=rt.shown, finish_reason='stop' if rt.ended else 'length', prompt_tokens=len(ids),
+                completion_tokens=len(new), stopped=why == 'stopped')
 
 # %% ../nbs/09b_chat.ipynb #30b5ad32
+SAMPLING_DEFAULTS = dict(temperature=0.8, top_p=0.95, repetition_penalty=1.1) # a chat reply's sampling unless told otherwise
+
 class ChatSession:
-    "A conversation in which the model speaks as `name`; the newest turns that fit the window are its context"
+    "A conversation in which the model speaks as `name`; the scene and the newest turns that fit the window are its context"
     def __init__(self, model:GPT, tok, name:str='KING', # the character the model plays
                  user:str='YOU', # the user's speaker name
                  max_new_tokens:int=120, seed:int|None=None,
-                 **sampling): # `make_processors` settings (default temperature 0.8, top-p 0.95, repetition penalty 1.1)
+                 scene:str='', # text before the dialogue (a system message), always kept in the context
+                 trim:str|None='sentence', # a reply ended by the token limit is cut back to its last 'sentence' or 'word'
+                 **sampling): # `make_processors` settings (default `SAMPLING_DEFAULTS`)
         self.model, self.tok, self.name, self.user, self.max_new_tokens = unwrap_model(model), tok, name, user, max_new_tokens
-        self.procs = make_processors(**{**dict(temperature=0.8, top_p=0.95, repetition_penalty=1.1), **sampling})
-        self.g, self.turns = seeded_generator(self.model.lm_head.weight.device, seed), []
-        self.budget = max(1, self.model.config.block_size * 3 // 4)
+        self.procs = make_processors(**{**SAMPLING_DEFAULTS, **sampling})
+        self.g, self.turns, self.scene, self.trim = seeded_generator(self.model.lm_head.weight.device, seed), [], scene, trim
+        self.budget, self.table = max(1, self.model.config.block_size * 3 // 4), byte_table(tok)
+
+    def add(self, speaker:str, text:str):
+        "Append a turn: `SPEAKER:`, the text's non-blank lines (white space tidied), a blank line"
+        self.turns.append(f"{speaker}:\n" + '\n'.join(' '.join(l.split()) for l in text.splitlines() if l.strip()) + "\n\n")
 
     def context(self) -> str:
-        "The prompt for the next reply: the newest turns within the token budget, then `NAME:`"
-        head, kept, n = f"{self.name}:\n", [], len(encode_text(self.tok, f"{self.name}:\n"))
+        "The prompt for the next reply: the scene, the newest turns within the token budget, then `NAME:`"
+        head = f"{self.name}:\n"
+        scene = self.scene.strip() + '\n\n' if self.scene.strip() else ''
+        kept, n = [], len(encode_text(self.tok, scene + head))
         for t in reversed(self.turns):
             n += len(encode_text(self.tok, t))
             if kept and n > self.budget: break
             kept.insert(0, t)
-        return ''.join(kept) + head
+        return scene + ''.join(kept) + head
 
-    def say(self, text:str, tries:int=3) -> str:
-        "Add the user's turn and return the model's reply (resampled up to `tries` times if it hands the turn to someone else)"
-        self.turns.append(f"{self.user}:\n{' '.join(text.split())}\n\n")
-        for _ in range(tries):
-            reply = generate_text(self.model, self.tok, self.context(), max_new_tokens=self.max_new_tokens, stop_at=('turn',),
-                                  trim='sentence', generator=self.g, names=(self.name, self.user), procs=self.procs)[0].strip()
-            if reply and not re.match(NAME_LINE, reply + '\n'): break
-        reply = re.sub(rf"^(?:{NAME_LINE})+", '', reply + '\n').strip() # still another speaker: keep only the words
-        self.turns.append(f"{self.name}:\n{reply}\n\n")
-        return reply
+    def reply(self, on_text=None, tries:int=3, **kw) -> dict:
+        "The model's next turn as `name` (streamed to `on_text`), added to the conversation; `stream_reply`'s result"
+        r = stream_reply(self.model, self.tok, self.context(), on_text, self.max_new_tokens, self.procs, self.g, trim=self.trim,
+                         names=(self.name, self.user), tries=tries, table=self.table, **kw)
+        self.turns.append(f"{self.name}:\n{r['text']}\n\n")
+        return r
+
+    def say(self, text:str, tries:int=3, on_text=None) -> str:
+        "Add the user's turn and return the model's reply (sampled again, up to `tries` times, if it hands the turn to someone else)"
+        self.add(self.user, text)
+        return self.reply(on_text, tries)['text']
 
 # %% ../nbs/09b_chat.ipynb #81ef4383
 def chat(model:GPT, tok, name:str='KING', user:str='YOU', inp=None, out=None, **kw) -> ChatSession:
-    "Talk on `inp` (default stdin): each line is the user's turn, the model answers as `name`; EOF or /quit ends"
+    "Talk on `inp` (default stdin): each line is the user's turn, the model answers as `name` as it generates; EOF or /quit ends"
     inp, out = inp or sys.stdin, out or sys.stdout
     s, tty = ChatSession(model, tok, name, user, **kw), inp.isatty()
     if tty: print(f"(you are {user}, the model is {name}; /quit or Ctrl-D to end)", file=out)
@@ -62,19 +163,48 @@ def chat(model:GPT, tok, name:str='KING', user:str='YOU', inp=None, out=None, **
         if tty: print(f"{user}: ", end='', file=out, flush=True)
         line = inp.readline()
         if not line or line.strip() == '/quit': break
-        if line.strip(): print(f"{name}: {s.say(line)}", file=out, flush=True)
+        if line.strip():
+            print(f"{name}: ", end='', file=out, flush=True)
+            s.say(line, on_text=lambda p: print(p.replace('\n', '\n  '), end='', file=out, flush=True))
+            print(file=out, flush=True)
     return s
 
-def chat_box(model:GPT, tok, name:str='KING', user:str='YOU', **kw):
-    "A small ipywidgets chat box for Jupyter"
+# %% ../nbs/09b_chat.ipynb #8ab99a69
+def transcript_html(s:ChatSession, partial:str|None=None) -> str:
+    "The conversation of `s` as HTML (`partial`: a reply still being generated)"
+    rows = [t.split(':\n', 1) for t in s.turns] + ([[s.name, partial]] if partial is not None else [])
+    body = ''.join(f"<div style='margin:.3em 0'><b>{html.escape(n)}:</b> {html.escape(t.strip()).replace(chr(10), '<br>')}</div>"
+                   for n, t in rows)
+    return f"<div class='chatgot-transcript' style='font-family:sans-serif'>{body or '<i>(no turns yet)</i>'}</div>"
+
+def chat_widget(ckpt, # a run or checkpoint folder, or `(model, tok, meta)` from `load_for_inference`
+                name:str|None=None, # the character the model plays (default: the corpus's most frequent speaker)
+                user:str='YOU', **kw): # `ChatSession` settings: max_new_tokens, seed, scene, sampling
+    "A chat in Jupyter: transcript, text box, streaming replies, character picker; `.session` is its `ChatSession`"
     import ipywidgets as W
-    from IPython.display import display
-    s, log = ChatSession(model, tok, name, user, **kw), W.Output()
-    box, send = W.Text(placeholder=f'speak to {name}...'), W.Button(description='Say')
-    def on_send(_):
+    from chatgot.checkpoint import load_for_inference
+    model, tok, meta = load_for_inference(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
+    names = characters(meta) or ['KING']
+    s = ChatSession(model, tok, speaker_name(name or names[0]), user, **{'trim': 'word', **kw})
+    log = W.HTML(transcript_html(s))
+    who = W.Combobox(value=s.name, options=names, description='character', ensure_option=False)
+    box, send = W.Text(placeholder='say something...', continuous_update=False), W.Button(description='Say')
+    def on_send(_=None):
         msg, box.value = box.value.strip(), ''
-        if msg:
-            with log: print(f"{user}: {msg}\n{name}: {s.say(msg)}\n")
-    send.on_click(on_send)
-    display(W.VBox([log, W.HBox([box, send])]))
-    return s
+        if not msg: return
+        try: s.name = speaker_name(who.value)
+        except ValueError: who.value = s.name
+        s.add(s.user, msg)
+        shown = ''
+        def show(p):
+            nonlocal shown
+            shown += p; log.value = transcript_html(s, shown)
+        send.disabled = True
+        try: s.reply(show)
+        finally: send.disabled, log.value = False, transcript_html(s)
+    send.on_click(on_send); box.observe(lambda c: c['new'].strip() and on_send(), 'value') # Enter in the box sends too
+    w = W.VBox([who, log, W.HBox([box, send])])
+    live = w._repr_mimebundle_
+    w._repr_mimebundle_ = lambda **k: {**(live(**k) or {}), 'text/html': transcript_html(s)} # the static picture
+    w.session, w.send = s, on_send
+    return w

@@ -13,7 +13,7 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_cmd', 'train_defaults', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'run_info', 'list_runs',
-           'format_runs', 'runs_cmd', 'make_parser', 'main', 'export_cmd']
+           'format_runs', 'runs_cmd', 'make_parser', 'main', 'export_cmd', 'serve_cmd']
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
@@ -277,6 +277,25 @@ def export_cmd(ckpt:str=None,    # a run folder (its newest good checkpoint) or 
 
 export_cmd.rename = {'as_name': '--as'}
 COMMANDS['export'] = export_cmd
+
+# %% ../nbs/11_cli.ipynb #serve-cmd
+def serve_cmd(ckpt:str=None,        # a run folder or one checkpoint folder (required)
+              host:str='127.0.0.1', # address to listen on (0.0.0.0: every interface; then set an API key)
+              port:int=8000,        # TCP port
+              api_key:str=None,     # clients must send `Authorization: Bearer KEY` (default: $CHATGOT_API_KEY, else none)
+              max_tokens:int=1024,  # the most tokens one request may ask for
+              max_concurrent:int=2, # generations running at once
+              max_queue:int=16,     # requests waiting for a slot; more get 429
+              timeout:float=120.,   # seconds a generation may run
+              device:str=None,      # cpu or cuda (default: cuda if available)
+              debug:bool=False):    # show tracebacks
+    "Serve a checkpoint: an OpenAI-compatible API under /v1 and a chat page at /"
+    from chatgot.serve import serve
+    serve(_need_ckpt(ckpt), host=host, port=port, api_key=api_key or os.environ.get('CHATGOT_API_KEY') or None, device=device,
+          max_tokens=max_tokens, max_concurrent=max_concurrent, max_queue=max_queue, timeout_s=timeout)
+    return 0
+
+COMMANDS['serve'] = serve_cmd
 
 # %% ../nbs/11_cli.ipynb #4ee2da64
 if __name__ == '__main__': sys.exit(main())  # `python -m chatgot.cli` (torchrun needs a module)
