@@ -3,7 +3,7 @@
 python bench/generate_speed.py [--new-tokens 500] [--repeats 3] [--batch 1] [--preset 14m]
     -> prints a table, writes bench/results/generate_speed.json
 Same model (random weights: speed does not depend on them), same prompt, same sampler (temperature 0.8,
-top-k 200, as nanoGPT's sample.py) and same seed in both loops. `cached` is `chatgot.sampling.generate`: one
+top-k 200, as nanoGPT's sample.py) and same seed in both loops. `cached` is `chatgot.generate.generate`: one
 token per step on the KV cache, the window sliding (re-prefilling 3/4 of it) when the context is full.
 `recompute` is nanoGPT's `generate`: crop to the last block_size tokens, run the full forward, use the last
 position's logits (computed for that position only, as nanoGPT does). Each figure is the median over repeats.
@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe
 from chatgot.model import GPT, preset_config
-from chatgot.sampling import generate, make_processors
+from chatgot.generate import generate, make_processors
 
 @torch.inference_mode()
 def recompute(model, idx, n, procs, g):

@@ -17,7 +17,7 @@ from .learner import Callback, CancelFitException, Learner
 __all__ = ['FILES', 'CheckpointError', 'ckpt_name', 'sha256', 'save_checkpoint', 'recover_checkpoints', 'verify_checkpoint',
            'check_model_config', 'load_state', 'load_checkpoint', 'list_checkpoints', 'find_checkpoint',
            'abandoned_sets', 'best_checkpoint', 'abandon_checkpoints', 'prune_checkpoints', 'CheckpointSaveError',
-           'CheckpointCallback']
+           'CheckpointCallback', 'load_for_inference']
 
 # %% ../nbs/03_checkpoint.ipynb #12d28fbc
 class CheckpointError(ValueError):
@@ -259,3 +259,25 @@ class CheckpointCallback(Callback):
             self.rewound = True
             return dict(checkpoint=p, abandoned=moved, skipped=[k_ck, k_now])
         return None
+
+# %% ../nbs/03_checkpoint.ipynb #f635ad81
+from safetensors.torch import load_model as _load_weights
+from .data import load_tokenizer
+from .model import GPT, GPTConfig
+
+def load_for_inference(path, # a run folder, its checkpoints/ folder, or one checkpoint folder
+                       device=None, # default: cuda if available, else cpu
+                       log=None) -> tuple[GPT, object, dict]:
+    "Model (eval mode), tokenizer and meta (with its `path`) of the checkpoint at `path`"
+    p = Path(path).expanduser()
+    if not p.is_dir(): raise CheckpointError(f"--ckpt {path}: no such folder")
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if (p/'meta.json').exists(): ck, meta = p, verify_checkpoint(p)
+    else: ck, meta = find_checkpoint(p/'checkpoints' if (p/'checkpoints').is_dir() else p, log=log)
+    try: model = GPT(GPTConfig(**meta['model']))
+    except (KeyError, TypeError, ValueError) as e: raise CheckpointError(f"checkpoint {ck} has an unusable model config ({e})") from None
+    try: missing, unexpected = _load_weights(model, str(ck/'model.safetensors'))
+    except Exception as e: raise CheckpointError(f"checkpoint {ck}: cannot load model.safetensors ({str(e).splitlines()[0][:80]})") from None
+    if missing or unexpected: raise CheckpointError(f"checkpoint {ck} has different weights: missing {missing}, unexpected {unexpected}")
+    device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    return model.to(device).eval(), load_tokenizer(ck/'tokenizer.json'), {**meta, 'path': str(ck)}

@@ -13,7 +13,7 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_cmd', 'train_defaults', 'generate_cmd', 'chat_cmd', 'eval_cmd', 'plot_cmd', 'run_info', 'list_runs',
-           'format_runs', 'runs_cmd', 'make_parser', 'main']
+           'format_runs', 'runs_cmd', 'make_parser', 'main', 'export_cmd', 'serve_cmd']
 
 # %% ../nbs/11_cli.ipynb #4238f6b6
 def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialogue .csv/.jsonl, or builtin:shakespeare|builtin:histories
@@ -88,11 +88,12 @@ def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoi
                  seed:int=None,         # the same seed gives the same text (default: a fresh one each time)
                  debug:bool=False):     # show tracebacks
     "Print text sampled from a checkpoint, ending at a complete sentence"
-    from chatgot.sampling import DEFAULT_PROMPT, generate_text, load_model, make_processors
+    from chatgot.checkpoint import load_for_inference
+    from chatgot.generate import DEFAULT_PROMPT, generate_text, make_processors
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty)
     make_processors(**sampling)
     if max_new_tokens < 1: raise ValueError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
-    model, tok, _ = load_model(_need_ckpt(ckpt))
+    model, tok, _ = load_for_inference(_need_ckpt(ckpt))
     text = generate_text(model, tok, prompt or DEFAULT_PROMPT, max_new_tokens=max_new_tokens, trim='sentence', seed=seed, **sampling)[0]
     print((prompt or '') + text)
     return 0
@@ -110,8 +111,9 @@ def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder (required
              as_name:str=None, # the character the model plays (default: the corpus's most frequent speaker)
              debug:bool=False):# show tracebacks
     "Talk with a checkpoint: each line you type is your turn, the model answers in character; /quit or Ctrl-D ends"
-    from chatgot.sampling import chat, default_speaker, load_model
-    model, tok, meta = load_model(_need_ckpt(ckpt))
+    from chatgot.chat import chat, default_speaker
+    from chatgot.checkpoint import load_for_inference
+    model, tok, meta = load_for_inference(_need_ckpt(ckpt))
     name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
     if not name: raise ValueError("--as needs a character name")
     inp = _Input(sys.stdin)
@@ -135,7 +137,7 @@ def plot_cmd(run_dir:str=None,     # a run folder holding metrics.jsonl (require
              debug:bool=False): # show tracebacks
     "Draw RUN_DIR/plot.png from RUN_DIR/metrics.jsonl and print its path"
     if not run_dir: raise ValueError("give the run folder: chatgot plot RUN_DIR")
-    from chatgot.eta import plot_run
+    from chatgot.runs import plot_run
     print(plot_run(run_dir))
     return 0
 
@@ -156,7 +158,7 @@ def _rows(path:Path) -> list[dict]:
 
 def run_info(run:Path, now:float|None=None) -> dict:
     "Step, target steps, best val loss, disk use and status of one run folder"
-    from chatgot.eta import is_eval_row, is_step_row
+    from chatgot.runs import is_eval_row, is_step_row
     run, now = Path(run), time.time() if now is None else now
     try: steps = (json.loads((run/'config.json').read_text()).get('flags') or {}).get('steps')
     except (OSError, ValueError, AttributeError): steps = None
@@ -257,6 +259,43 @@ def main(argv=None) -> int:
     except Exception as e:
         if args.get('debug'): traceback.print_exc()
         say(f"chatgot {cmd}: {type(e).__name__}: {e} (--debug shows the traceback)", getattr(e, 'agreed', False)); return 1
+
+# %% ../nbs/11_cli.ipynb #8e7ea891
+def export_cmd(ckpt:str=None,    # a run folder (its newest good checkpoint) or one checkpoint folder (required)
+               format:str=None,  # hf (a transformers folder) or gguf (one llama.cpp file) (required)
+               out:str=None,     # the folder (hf) or .gguf file (gguf) to write (required)
+               dtype:str='f32',  # f32, f16, bf16, or q8_0 (gguf only)
+               force:bool=False, # replace an existing --out
+               as_name:str=None, # the character the model plays in the chat template (default: the corpus's most frequent speaker)
+               debug:bool=False):# show tracebacks
+    "Export a checkpoint for transformers (--format hf) or llama.cpp (--format gguf)"
+    if not format: raise ValueError("--format hf|gguf is required")
+    from chatgot.export import export
+    path = export(ckpt, format, out, dtype=dtype, force=force, character=as_name)
+    print(f"wrote {path} ({format}, {dtype})")
+    return 0
+
+export_cmd.rename = {'as_name': '--as'}
+COMMANDS['export'] = export_cmd
+
+# %% ../nbs/11_cli.ipynb #serve-cmd
+def serve_cmd(ckpt:str=None,        # a run folder or one checkpoint folder (required)
+              host:str='127.0.0.1', # address to listen on (0.0.0.0: every interface; then set an API key)
+              port:int=8000,        # TCP port
+              api_key:str=None,     # clients must send `Authorization: Bearer KEY` (default: $CHATGOT_API_KEY, else none)
+              max_tokens:int=1024,  # the most tokens one request may ask for
+              max_concurrent:int=2, # generations running at once
+              max_queue:int=16,     # requests waiting for a slot; more get 429
+              timeout:float=120.,   # seconds a generation may run
+              device:str=None,      # cpu or cuda (default: cuda if available)
+              debug:bool=False):    # show tracebacks
+    "Serve a checkpoint: an OpenAI-compatible API under /v1 and a chat page at /"
+    from chatgot.serve import serve
+    serve(_need_ckpt(ckpt), host=host, port=port, api_key=api_key or os.environ.get('CHATGOT_API_KEY') or None, device=device,
+          max_tokens=max_tokens, max_concurrent=max_concurrent, max_queue=max_queue, timeout_s=timeout)
+    return 0
+
+COMMANDS['serve'] = serve_cmd
 
 # %% ../nbs/11_cli.ipynb #4ee2da64
 if __name__ == '__main__': sys.exit(main())  # `python -m chatgot.cli` (torchrun needs a module)

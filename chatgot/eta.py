@@ -1,4 +1,4 @@
-"""A time-left estimate you can trust (median-filtered, adaptively smoothed, pauses and warm-up kept apart, with a range), a progress bar that shows it, and plots of a run, live in Jupyter and as `plot.png`.
+"""A time-left estimate you can trust: median-filtered, adaptively smoothed, pauses and warm-up kept apart, with a range.
 
 Docs: https://chatgot.github.io/chatgot/eta.html.md"""
 
@@ -6,22 +6,14 @@ Docs: https://chatgot.github.io/chatgot/eta.html.md"""
 
 # %% ../nbs/08_eta.ipynb #d80cb329
 from __future__ import annotations
-import io, json, math, os, random, statistics, sys, time
-from dataclasses import dataclass, field
-from pathlib import Path
+import math, statistics, time
+from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from tqdm.auto import tqdm
-from tqdm.std import tqdm as tqdm_text
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['TRACES', 'BAR_FORMAT', 'wquantile', 'wmedian', 'Estimate', 'EtaEstimator', 'StepTimer', 'due_count', 'Trace',
-           'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps', 'synthetic_trace', 'sync', 'EtaCallback', 'in_kernel',
-           'row_kind', 'is_step_row', 'is_eval_row', 'ProgressCallback', 'eta_text', 'read_metrics', 'centred_mean',
-           'draw_metrics', 'plot_run', 'LivePlot']
+__all__ = ['wquantile', 'wmedian', 'Estimate', 'EtaEstimator', 'StepTimer', 'due_count', 'sync', 'EtaCallback']
 
 # %% ../nbs/08_eta.ipynb #fbe8d404
 def wquantile(pairs, q:float) -> float:
@@ -219,105 +211,6 @@ def due_count(step:int, n_steps:int, every:int) -> int:
     n = n_steps // every - step // every if every else 0
     return n + (0 if every and n_steps % every == 0 else 1)
 
-# %% ../nbs/08_eta.ipynb #ac12c9be
-@dataclass
-class Trace:
-    "A run's timing: true seconds per step, regime per step, and the pause schedule with true costs"
-    name: str
-    step_s: list                  # seconds of steps 1..n
-    regime: list|None = None      # micro-batch size of each step (None: constant)
-    eval_every: int|None = None   # None: no evals; 0: only at the end
-    eval_s: float = 0.            # true seconds of one eval
-    save_every: int|None = None   # None: no checkpoints; 0: only at the end
-    save_s: float = 0.            # true seconds of one save
-    tokens_per_step: int = 1024
-    guess: dict = field(default_factory=dict)  # what the callback would guess for an unmeasured pause kind
-    recorded: dict|None = None    # measured pauses {step: {kind: seconds}}, instead of the costs above
-    def pauses(self, k:int) -> dict:
-        "The pauses after step `k`, with their true seconds"
-        if self.recorded is not None: return dict(self.recorded.get(k, {}))
-        n, p = len(self.step_s), {}
-        if self.eval_every is not None and (k == n or (self.eval_every and k % self.eval_every == 0)): p['eval'] = self.eval_s
-        if self.save_every is not None and (k == n or (self.save_every and k % self.save_every == 0)): p['save'] = self.save_s
-        return p
-
-# %% ../nbs/08_eta.ipynb #17fcf6a5
-def _clocked_tqdm(n:int, clock:list):
-    "A text tqdm bar that reads the simulated `clock[0]`"
-    bar = tqdm_text(total=n, file=io.StringIO())
-    bar._time = lambda: clock[0]
-    bar.start_t = bar.last_print_t = clock[0]
-    return bar
-
-def tqdm_eta(bar) -> float|None:
-    "tqdm's own time-left estimate, as its bar shows it"
-    d = bar.format_dict
-    rate = d['rate'] or ((d['n'] - d['initial']) / d['elapsed'] if d['elapsed'] else None)
-    return (d['total'] - d['n']) / rate if rate else None
-
-# %% ../nbs/08_eta.ipynb #a448156c
-def replay(tr:Trace, log_every:int=10, warmup_steps:int=2, **kw) -> list[dict]:
-    "Run `tr` through `StepTimer` + `EtaEstimator` (and a tqdm bar) on a simulated clock; one dict per report"
-    est = EtaEstimator(**kw); timer = StepTimer(est, warmup_steps)
-    n, tps = len(tr.step_s), tr.tokens_per_step
-    reg = (lambda k: tr.regime[k - 1]) if tr.regime else (lambda k: None)
-    end = sum(tr.step_s) + sum(sum(tr.pauses(k).values()) for k in range(1, n + 1))
-    clock, rows = [0.], []
-    bar = _clocked_tqdm(n, clock)
-    timer.start(0., 0, 0, reg(1))
-    def report(k, pending):
-        t = clock[0]
-        timer.report(t, k, k * tps, reg(k))
-        left = {kind: due_count(k, n, every) + (kind in pending)
-                for kind, every in (('eval', tr.eval_every), ('save', tr.save_every)) if every is not None}
-        e = est.estimate((n - k) * tps, left, tr.guess)
-        rows.append(dict(step=k, t=t, truth=end - t, eta=e and e.eta_s, low=e and e.low_s, high=e and e.high_s,
-                         provisional=e is None or e.provisional, tqdm=tqdm_eta(bar)))
-    for k in range(1, n + 1):
-        clock[0] += tr.step_s[k - 1]; bar.update(1)
-        p = tr.pauses(k)
-        if k % log_every == 0: report(k, set(p))                                  # Recorder.after_step
-        if p: timer.pause_begin(clock[0], k, k * tps, reg(k))                      # EtaCallback.after_step
-        elif timer.wants_cut(k, reg(k)): timer.cut(clock[0], k, k * tps, reg(k))
-        if 'eval' in p:
-            clock[0] += p['eval']
-            if k % log_every: report(k, set(p) - {"eval"})                         # Recorder.after_eval flushes
-        elif 'save' in p and k % log_every: report(k, {'save'})                    # CheckpointCallback.save flushes
-        clock[0] += p.get('save', 0.)
-        if p: timer.pause_end(clock[0], {'eval': p['eval']} if 'eval' in p else {}, 'save' if 'save' in p else 'eval')
-    bar.close()
-    return rows
-
-# %% ../nbs/08_eta.ipynb #ebc401ed
-def eta_errors(rows:list, key:str='eta') -> list:
-    "Relative error of each report's estimate `key` against the true time left"
-    return [(r[key] - r['truth']) / r['truth'] if r[key] is not None and r['truth'] > 0 else None for r in rows]
-
-def eta_jumps(rows:list, key:str='eta') -> list:
-    "|estimate − (previous estimate − time passed)| / true time left, for each report after the first"
-    return [abs(b[key] - (a[key] - (b['t'] - a['t']))) / b['truth'] if None not in (a[key], b[key]) and b['truth'] > 0 else None
-            for a, b in zip(rows, rows[1:])]
-
-# %% ../nbs/08_eta.ipynb #6e463d0b
-def synthetic_trace(kind:str, n:int=1000, step_s:float=0.25, jitter:float=0.05, seed:int=0) -> Trace:
-    "One of the validation traces: steady, rate_change, periodic_slow, compile, eval_pauses, micro_batch"
-    r = random.Random(seed)
-    s = [step_s * max(0.2, 1 + jitter * r.gauss(0, 1)) for _ in range(n)]
-    tr = Trace(kind, s)
-    if kind == 'rate_change': tr.step_s = [x * (1.6 if k >= n // 2 else 1) for k, x in enumerate(s)]
-    elif kind == 'periodic_slow': tr.step_s = [x * (6 if (k + 1) % 100 == 0 else 1) for k, x in enumerate(s)]
-    elif kind == 'compile': tr.step_s = [30.] + [s[1] * 2] + s[2:]
-    elif kind == 'eval_pauses':
-        tr.eval_every, tr.eval_s, tr.save_every, tr.save_s, tr.guess = 200, 6., 200, 1.5, {'eval': 4., 'save': 0.5}
-    elif kind == 'micro_batch':
-        c = int(n * 0.6)
-        tr.step_s = s[:c - 1] + [s[c - 1] * 4] + [x * 1.3 for x in s[c:]]
-        tr.regime = [8] * (c - 1) + [4] * (n - c + 1)
-    elif kind != 'steady': raise ValueError(f"unknown trace kind {kind!r}")
-    return tr
-
-TRACES = ('steady', 'rate_change', 'periodic_slow', 'compile', 'eval_pauses', 'micro_batch')
-
 # %% ../nbs/08_eta.ipynb #7071686b
 def sync(device):
     "Wait for the device's queued work (CUDA, MPS); nothing on CPU"
@@ -384,6 +277,7 @@ def before_step(self:EtaCallback):
 def after_fit(self:EtaCallback):
     if self.timer.paused is not None: self._end_pause()
     self.elapsed = time.perf_counter() - self.t0
+    self.learn.fit_timing = dict(step=self.step, pauses=dict(self.totals), warm_s=self.timer.warm_s, warm_tok=self.timer.warm_tok)
 
 # %% ../nbs/08_eta.ipynb #4149bcbb
 @patch
@@ -407,6 +301,7 @@ def report(self:EtaCallback, now:float, step:int):
     if self.timer is None: return
     raw = self.timer.report(now, step, self.tokens, self.micro_batch_size)
     self.last = (step, raw, self.est.estimate((self.n_steps - step) * self.tps, self.pauses_left(), self.guess()))
+    self.learn.eta_estimate = (step, self.last[2])  # for other callbacks to show
 
 @patch
 def fields(self:EtaCallback, st:int) -> dict:
@@ -424,257 +319,3 @@ def state_dict(self:EtaCallback) -> dict: return self.est.state_dict()
 @patch
 def load_state_dict(self:EtaCallback, sd:dict):
     if self.est.s is None and not self.est.pauses: self.est.load_state_dict(sd)
-
-# %% ../nbs/08_eta.ipynb #bff724b7
-BAR_FORMAT = '{desc} {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar:24}| {elapsed}{postfix}'  # a fixed-width bar: the postfix never squeezes it
-
-def _fmt_bytes(n): return f"{n / 2**30:.2f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
-def _fmt_num(x): return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
-def _fmt_t(s): return tqdm.format_interval(max(0., s))
-def _fmt_s(s): return f"{s:.1f}s" if s >= 1 else f"{s * 1e3:.0f}ms"
-
-def in_kernel() -> bool:
-    "Running in a Jupyter kernel (not a terminal, a script or a notebook test runner)?"
-    try: from IPython import get_ipython
-    except ImportError: return False
-    return getattr(get_ipython(), 'kernel', None) is not None
-
-# %% ../nbs/08_eta.ipynb #02930dc0
-def row_kind(r) -> str|None:
-    "'step', 'eval' or 'event' for a metrics row: its `kind` field, else guessed from the keys older runs wrote"
-    if not isinstance(r, dict): return None
-    if r.get('kind') is not None: return r['kind']
-    if 'event' in r: return 'event'
-    if 'lr' in r: return 'step'
-    return 'eval' if 'val_loss' in r else None
-
-def is_step_row(r) -> bool: return row_kind(r) == 'step'
-def is_eval_row(r) -> bool: return row_kind(r) == 'eval'
-
-# %% ../nbs/08_eta.ipynb #034f8142
-class ProgressCallback(Callback):
-    "A `tqdm.auto` bar with loss, LR, tok/s, micro-batch, memory and ETA; a live plot in a Jupyter kernel"
-    order, observer = 60, True  # only shows the run: if it fails it is switched off, training goes on
-    def __init__(self, file=None,           # text stream for the bar (default: stderr)
-                 leave:bool=True,            # keep the bar when the run ends
-                 plot:bool|None=None,        # live plot; None: only in a Jupyter kernel
-                 plot_every_s:float=5.,      # redraw the live plot at most this often
-                 warmup_steps:int=2):        # steps not timed for the rough ETA shown before the first log point
-        self.file, self.leave, self.plot, self.plot_every_s, self.warmup_steps = file, leave, plot, plot_every_s, warmup_steps
-
-    def before_fit(self):
-        self.t0, self.tok0, self.n_rows = time.perf_counter(), self.tokens, len(self.recorder.rows)
-        self.stream = self.file or sys.stderr
-        self.bar = tqdm(total=self.n_steps, initial=self.step, desc='train', unit='step', file=self.stream,
-                        leave=self.leave, dynamic_ncols=True, bar_format=BAR_FORMAT)
-        self.stats, self.eta, self.t_eta, self.t_shown = '', None, 0., 0.
-        self.step0, self.t_warm, self.step_warm, self.t_peek = self.step, None, None, -math.inf
-        p = self.recorder.path
-        hist = read_metrics(p) if p is not None and p.exists() else list(self.recorder.rows)
-        self.live = LivePlot(hist, self.plot_every_s) if (in_kernel() if self.plot is None else self.plot) else None
-
-# %% ../nbs/08_eta.ipynb #5d576a8a
-@patch
-def _refresh(self:ProgressCallback, force:bool=False):
-    "New rows were written: rebuild the postfix (and redraw the live plot)"
-    rows = self.recorder.rows[self.n_rows:]
-    last = next((r for r in reversed(rows) if is_step_row(r)), None)
-    if last is None: return
-    val = next((r for r in reversed(rows) if is_eval_row(r) and r.get('val_loss') is not None), None)
-    e = getattr(getattr(self.learn, 'eta', None), 'last', None)
-    tok_s = e[2].tok_per_s if e and e[2] else last.get('tok_per_s')
-    loss = last.get('loss_ema') if last.get('loss_ema') is not None else last.get('loss')
-    s = [f"loss {loss:.3f}"] if isinstance(loss, (int, float)) else []
-    if val: s.append(f"val {val['val_loss']:.3f}")
-    if last.get('lr') is not None: s.append(f"lr {last['lr']:.1e}")
-    if tok_s: s.append(f"{_fmt_num(tok_s)} tok/s")
-    if last.get('micro_batch_size') is not None: s.append(f"mb {last['micro_batch_size']}")
-    if last.get('mem_peak_bytes'): s.append(f"mem {_fmt_bytes(last['mem_peak_bytes'])}")
-    self.stats = ' '.join(s)
-    if last.get('eta_s') is not None:
-        self.eta, self.t_eta = (last['eta_s'], last.get('eta_low_s'), last.get('eta_high_s')), time.perf_counter()
-    self._show()
-    if self.live is not None: self.live.update(self.recorder.rows[self.n_rows:], force=force)
-
-def eta_text(eta:float, lo:float|None=None, hi:float|None=None) -> str:
-    "`eta 03:10 [02:40-04:05]`: the range clamped to half and twice the estimate (a wider one says no more)"
-    eta = max(0., eta)
-    s = f"eta {_fmt_t(eta)}"
-    if lo is None or hi is None or eta <= 0: return s
-    lo, hi = min(max(lo, eta / 2), eta), max(min(hi, 2 * eta), eta)
-    return s + f" [{_fmt_t(lo)}-{_fmt_t(hi)}]"
-
-@patch
-def _show(self:ProgressCallback):
-    "Set the postfix; the ETA counts down from its last report"
-    self.t_shown = now = time.perf_counter()
-    s = self.stats
-    if self.eta is not None:
-        d = now - self.t_eta
-        eta, lo, hi = self.eta
-        s += ' ' + eta_text(eta - d, None if lo is None else lo - d, None if hi is None else hi - d)
-    self.bar.set_postfix_str(s, refresh=False)
-
-@patch
-def _early(self:ProgressCallback):
-    "Before the first logged row: this step's loss (one device read, at most once a second) and a rough ETA"
-    self.t_peek = now = time.perf_counter()
-    loss = float(getattr(self.learn, 'step_loss', float('nan')))
-    s = [f"loss {loss:.3f}"] if math.isfinite(loss) else []
-    if self.step_warm is not None and self.step > self.step_warm:  # wall time per step since the warm-up steps
-        s.append(f"eta ~{_fmt_t((now - self.t_warm) / (self.step - self.step_warm) * (self.n_steps - self.step))}")
-    self.bar.set_postfix_str(' '.join(s), refresh=True)  # throttled above: a few lines at most
-
-# %% ../nbs/08_eta.ipynb #9244ed4c
-@patch
-def after_step(self:ProgressCallback):
-    self.bar.update(self.step - self.bar.n)
-    now = time.perf_counter()
-    if self.step - self.step0 == self.warmup_steps: self.t_warm, self.step_warm = now, self.step
-    if self.step % self.recorder.log_every == 0: self._refresh()
-    elif not self.stats:  # nothing logged yet: show the loss and a rough ETA from the first steps
-        if now - self.t_peek >= 1 or self.step - self.step0 <= self.warmup_steps + 1: self._early()
-    elif self.eta is not None and now - self.t_shown > 1: self._show()
-
-@patch
-def after_eval(self:ProgressCallback): self._refresh()
-
-@patch
-def after_fit(self:ProgressCallback):
-    self._refresh(force=True)
-    self.eta = None  # a finished (or stopped) run has no time left to show
-    self.bar.set_postfix_str(self.stats, refresh=False); self.bar.close()
-    dt, tok = time.perf_counter() - self.t0, self.tokens - self.tok0
-    msg = f"done: step {self.step}/{self.n_steps} in {_fmt_t(dt)}, {_fmt_num(tok / max(dt, 1e-9))} tok/s"
-    eta = getattr(self.learn, 'eta', None)
-    tot, tm = dict(getattr(eta, 'totals', None) or {}), getattr(eta, 'timer', None)
-    warm_s, warm_tok = (tm.warm_s, tm.warm_tok) if tm is not None and tok > tm.warm_tok else (0., 0)
-    if sum(tot.values()) + warm_s > 0:  # the steady rate: without evals, saves and warm-up steps (a compile!)
-        train_s = max(dt - sum(tot.values()) - warm_s, 1e-9)
-        parts = ([f"warm-up {_fmt_s(warm_s)}"] if warm_s else []) + [f"{k}s {_fmt_s(v)}" for k, v in tot.items() if v > 0]
-        msg += f" ({_fmt_num((tok - warm_tok) / train_s)} tok/s training; " + ', '.join(parts) + ')'
-    print(msg, file=self.stream, flush=True)
-
-# %% ../nbs/08_eta.ipynb #96ad591a
-def read_metrics(path) -> list[dict]:
-    "The rows of a `metrics.jsonl` file; a torn (partly written) line is skipped"
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try: r = json.loads(line)
-        except ValueError: continue
-        if isinstance(r, dict) and 'step' in r: rows.append(r)
-    return rows
-
-_EVENT_COLORS = dict(oom='tab:red', nonfinite='tab:pink', fallback='tab:orange', spike='tab:purple', lr_down='tab:brown',
-                     lr_up='tab:olive', rewind='black', resume='tab:gray', grow='tab:green', diverged='darkred')
-
-def _num(v): return float(v) if isinstance(v, (int, float)) and v is not None else float('nan')
-
-def _stretches(rows):
-    "Split rows where the step goes back (a rewind) so each stretch is drawn as its own line"
-    out = []
-    for r in rows:
-        if not out or r['step'] <= out[-1][-1]['step']: out.append([])
-        out[-1].append(r)
-    return out
-
-# %% ../nbs/08_eta.ipynb #1e4aa4aa
-def _line(ax, rows, key, scale=1., **kw):
-    for i, seg in enumerate(_stretches(rows)):
-        ax.plot([r['step'] for r in seg], [_num(r.get(key)) * scale for r in seg], **(kw if i == 0 else {**kw, 'label': None}))
-
-def centred_mean(ys:list, half:int) -> list:
-    "Mean of each value and its `half` neighbours on both sides (fewer near the ends, NaNs skipped): no lag, unlike an EMA"
-    out = []
-    for i in range(len(ys)):
-        h = min(half, i, len(ys) - 1 - i)
-        w = [y for y in ys[i - h:i + h + 1] if math.isfinite(y)]
-        out.append(sum(w) / len(w) if w else float('nan'))
-    return out
-
-def _smoothed(ax, rows, **kw):
-    "The raw loss through `centred_mean`, labelled with the steps it averages"
-    if len(rows) < 5: return
-    half = max(1, len(rows) // 20)
-    gap = statistics.median([d for a, b in zip(rows, rows[1:]) if (d := b['step'] - a['step']) > 0] or [1])
-    for i, seg in enumerate(_stretches(rows)):
-        ax.plot([r['step'] for r in seg], centred_mean([_num(r.get('loss')) for r in seg], half),
-                **kw, label=None if i else f"loss, centred mean of ±{half * gap:g} steps")
-
-def _note(ax, text):
-    ax.text(.5, .5, text, ha='center', va='center', transform=ax.transAxes, fontsize=9, color='dimgray')
-    ax.set_yticks([])
-
-def draw_metrics(rows:list, fig:Figure|None=None, title:str='') -> Figure:
-    "Loss (raw, smoothed, val), LR, micro-batch size and peak memory against the step, events marked"
-    fig = fig or Figure(figsize=(12, 7), layout='constrained')
-    fig.clear()
-    ax = fig.subplots(2, 2, sharex=True).ravel()
-    tr = [r for r in rows if is_step_row(r) and 'step' in r]
-    va = [r for r in rows if is_eval_row(r) and 'step' in r and r.get('val_loss') is not None]
-    _line(ax[0], tr, 'loss', lw=.7, alpha=.4, color='C0', label='loss')
-    _smoothed(ax[0], tr, lw=1.8, color='C0')
-    if va: _line(ax[0], va, 'val_loss', marker='o', ms=4, color='C1', label='val loss')
-    ls = [v for r in tr + va for v in (_num(r.get('loss')), _num(r.get('val_loss'))) if v > 0 and math.isfinite(v)]
-    if ls and max(ls) / min(ls) > 20: ax[0].set_yscale('log')
-    _line(ax[1], tr, 'lr', color='C2')
-    mbs = {r.get('micro_batch_size') for r in tr} | {r.get('batch_size') for r in tr}
-    if len(mbs - {None}) <= 1 and not any(r.get('event') in ('oom', 'grow') for r in rows):  # nothing happened
-        if tr: _note(ax[2], f"micro-batch = batch = {tr[-1].get('batch_size')} sequences the whole run (no OOM, no change)")
-    else:
-        _line(ax[2], tr, 'micro_batch_size', drawstyle='steps-post', color='C4', label='micro-batch')
-        _line(ax[2], tr, 'batch_size', ls='--', color='gray', label='batch')
-        sizes = [v for r in tr for v in (_num(r.get('batch_size')), _num(r.get('micro_batch_size'))) if math.isfinite(v)]
-        if sizes: ax[2].set_ylim(0, 1.1 * max(sizes))
-        ax[2].legend(fontsize=8)
-    mem = [v for r in tr if (v := _num(r.get('mem_peak_bytes')) / 2**20) > 0]
-    if mem:
-        _line(ax[3], tr, 'mem_peak_bytes', scale=1 / 2**20, color='C5')
-        ax[3].set_ylim(0, 1.1 * max(mem))  # from 0: a few MiB of noise is not a swing
-    elif tr: _note(ax[3], 'no peak-memory reading on this device')
-    for a, t in zip(ax, ('loss', 'learning rate', 'sequences per step', 'peak memory (MiB)')): a.set_title(t); a.grid(alpha=.3)
-    for a in ax[2:]: a.set_xlabel('step')
-    counts = {}
-    for r in rows:
-        if row_kind(r) != 'event' or 'step' not in r: continue
-        ev = r.get('event', '?')
-        c = _EVENT_COLORS.get(ev, 'tab:cyan')
-        counts[ev] = counts.get(ev, 0) + 1
-        for a in ax: a.axvline(r['step'], color=c, lw=.9, ls=':', alpha=.8)
-    handles = [Line2D([], [], color=_EVENT_COLORS.get(k, 'tab:cyan'), ls=':', label=f"{k} ×{n}") for k, n in counts.items()]
-    if tr or va: ax[0].legend(handles=ax[0].get_legend_handles_labels()[0] + handles, fontsize=8)
-    if not tr: ax[0].text(.5, .5, 'no training rows yet', ha='center', va='center', transform=ax[0].transAxes)
-    if title: fig.suptitle(title)
-    return fig
-
-# %% ../nbs/08_eta.ipynb #bbea28d5
-def plot_run(run_dir, out=None, dpi:int=100) -> Path:
-    "Draw `run_dir/metrics.jsonl` into `run_dir/plot.png` (or `out`), atomically; returns the image's path"
-    run_dir = Path(run_dir)
-    p = run_dir/'metrics.jsonl'
-    if not p.is_file(): raise ValueError(f"{run_dir} is not a run folder: it has no metrics.jsonl")
-    rows = read_metrics(p)
-    tr = [r for r in rows if is_step_row(r)]
-    title = f"{run_dir.resolve().name}: step {tr[-1].get('step')}, {tr[-1].get('tokens', 0):,} tokens" if tr else run_dir.resolve().name
-    out = Path(out) if out else run_dir/'plot.png'
-    tmp = out.with_name(f'.{out.stem}.tmp-{os.getpid()}{out.suffix}')
-    draw_metrics(rows, title=title).savefig(tmp, dpi=dpi)
-    os.replace(tmp, out)
-    return out
-
-# %% ../nbs/08_eta.ipynb #caae2cf3
-class LivePlot:
-    "The run's metrics figure in a Jupyter output, redrawn in place at most every `every_s` seconds"
-    def __init__(self, history=(), every_s:float=5.):
-        from IPython.display import DisplayHandle
-        self.history, self.every_s, self.t = list(history), every_s, -math.inf
-        self.fig = Figure(figsize=(12, 6), layout='constrained')
-        self.handle = DisplayHandle()
-        self.handle.display(self._png(self.history))
-    def _png(self, rows):
-        from IPython.display import Image
-        b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=80)
-        return Image(data=b.getvalue())
-    def update(self, rows, force:bool=False):
-        if not force and time.perf_counter() - self.t < self.every_s: return
-        self.handle.update(self._png(self.history + list(rows))); self.t = time.perf_counter()

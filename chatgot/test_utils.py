@@ -6,17 +6,20 @@ Docs: https://chatgot.github.io/chatgot/test_utils.html.md"""
 
 # %% ../nbs/90_test_utils.ipynb #0bf9100d
 from __future__ import annotations
-import os, random, re
+import io, os, random, re
+from dataclasses import dataclass, field
 import numpy as np, torch
 from .data import TokenData, token_bytes, train_tokenizer
 from .model import GPT, preset_config
 from .learner import Callback, CancelStepException
 from .model import Block
 from .batch_size import fmt_bytes
+from tqdm.std import tqdm as tqdm_text
+from .eta import EtaEstimator, StepTimer, due_count
 
 # %% auto #0
-__all__ = ['SLOW_ENV', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'ScriptedLearner', 'noisy', 'InjectSpikes',
-           'InjectOOM']
+__all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'ScriptedLearner', 'noisy',
+           'InjectSpikes', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps', 'synthetic_trace']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -157,3 +160,102 @@ class InjectOOM(Callback):
             raise (torch.OutOfMemoryError if cuda else RuntimeError)(msg)
         if self.where == 'forward': fail()
         out.register_hook(fail)
+
+# %% ../nbs/90_test_utils.ipynb #ac12c9be
+@dataclass
+class Trace:
+    "A run's timing: true seconds per step, regime per step, and the pause schedule with true costs"
+    name: str
+    step_s: list                  # seconds of steps 1..n
+    regime: list|None = None      # micro-batch size of each step (None: constant)
+    eval_every: int|None = None   # None: no evals; 0: only at the end
+    eval_s: float = 0.            # true seconds of one eval
+    save_every: int|None = None   # None: no checkpoints; 0: only at the end
+    save_s: float = 0.            # true seconds of one save
+    tokens_per_step: int = 1024
+    guess: dict = field(default_factory=dict)  # what the callback would guess for an unmeasured pause kind
+    recorded: dict|None = None    # measured pauses {step: {kind: seconds}}, instead of the costs above
+    def pauses(self, k:int) -> dict:
+        "The pauses after step `k`, with their true seconds"
+        if self.recorded is not None: return dict(self.recorded.get(k, {}))
+        n, p = len(self.step_s), {}
+        if self.eval_every is not None and (k == n or (self.eval_every and k % self.eval_every == 0)): p['eval'] = self.eval_s
+        if self.save_every is not None and (k == n or (self.save_every and k % self.save_every == 0)): p['save'] = self.save_s
+        return p
+
+# %% ../nbs/90_test_utils.ipynb #17fcf6a5
+def _clocked_tqdm(n:int, clock:list):
+    "A text tqdm bar that reads the simulated `clock[0]`"
+    bar = tqdm_text(total=n, file=io.StringIO())
+    bar._time = lambda: clock[0]
+    bar.start_t = bar.last_print_t = clock[0]
+    return bar
+
+def tqdm_eta(bar) -> float|None:
+    "tqdm's own time-left estimate, as its bar shows it"
+    d = bar.format_dict
+    rate = d['rate'] or ((d['n'] - d['initial']) / d['elapsed'] if d['elapsed'] else None)
+    return (d['total'] - d['n']) / rate if rate else None
+
+# %% ../nbs/90_test_utils.ipynb #a448156c
+def replay(tr:Trace, log_every:int=10, warmup_steps:int=2, **kw) -> list[dict]:
+    "Run `tr` through `StepTimer` + `EtaEstimator` (and a tqdm bar) on a simulated clock; one dict per report"
+    est = EtaEstimator(**kw); timer = StepTimer(est, warmup_steps)
+    n, tps = len(tr.step_s), tr.tokens_per_step
+    reg = (lambda k: tr.regime[k - 1]) if tr.regime else (lambda k: None)
+    end = sum(tr.step_s) + sum(sum(tr.pauses(k).values()) for k in range(1, n + 1))
+    clock, rows = [0.], []
+    bar = _clocked_tqdm(n, clock)
+    timer.start(0., 0, 0, reg(1))
+    def report(k, pending):
+        t = clock[0]
+        timer.report(t, k, k * tps, reg(k))
+        left = {kind: due_count(k, n, every) + (kind in pending)
+                for kind, every in (('eval', tr.eval_every), ('save', tr.save_every)) if every is not None}
+        e = est.estimate((n - k) * tps, left, tr.guess)
+        rows.append(dict(step=k, t=t, truth=end - t, eta=e and e.eta_s, low=e and e.low_s, high=e and e.high_s,
+                         provisional=e is None or e.provisional, tqdm=tqdm_eta(bar)))
+    for k in range(1, n + 1):
+        clock[0] += tr.step_s[k - 1]; bar.update(1)
+        p = tr.pauses(k)
+        if k % log_every == 0: report(k, set(p))                                  # Recorder.after_step
+        if p: timer.pause_begin(clock[0], k, k * tps, reg(k))                      # EtaCallback.after_step
+        elif timer.wants_cut(k, reg(k)): timer.cut(clock[0], k, k * tps, reg(k))
+        if 'eval' in p:
+            clock[0] += p['eval']
+            if k % log_every: report(k, set(p) - {"eval"})                         # Recorder.after_eval flushes
+        elif 'save' in p and k % log_every: report(k, {'save'})                    # CheckpointCallback.save flushes
+        clock[0] += p.get('save', 0.)
+        if p: timer.pause_end(clock[0], {'eval': p['eval']} if 'eval' in p else {}, 'save' if 'save' in p else 'eval')
+    bar.close()
+    return rows
+
+# %% ../nbs/90_test_utils.ipynb #ebc401ed
+def eta_errors(rows:list, key:str='eta') -> list:
+    "Relative error of each report's estimate `key` against the true time left"
+    return [(r[key] - r['truth']) / r['truth'] if r[key] is not None and r['truth'] > 0 else None for r in rows]
+
+def eta_jumps(rows:list, key:str='eta') -> list:
+    "|estimate − (previous estimate − time passed)| / true time left, for each report after the first"
+    return [abs(b[key] - (a[key] - (b['t'] - a['t']))) / b['truth'] if None not in (a[key], b[key]) and b['truth'] > 0 else None
+            for a, b in zip(rows, rows[1:])]
+
+# %% ../nbs/90_test_utils.ipynb #6e463d0b
+def synthetic_trace(kind:str, n:int=1000, step_s:float=0.25, jitter:float=0.05, seed:int=0) -> Trace:
+    "One of the validation traces: steady, rate_change, periodic_slow, compile, eval_pauses, micro_batch"
+    r = random.Random(seed)
+    s = [step_s * max(0.2, 1 + jitter * r.gauss(0, 1)) for _ in range(n)]
+    tr = Trace(kind, s)
+    if kind == 'rate_change': tr.step_s = [x * (1.6 if k >= n // 2 else 1) for k, x in enumerate(s)]
+    elif kind == 'periodic_slow': tr.step_s = [x * (6 if (k + 1) % 100 == 0 else 1) for k, x in enumerate(s)]
+    elif kind == 'compile': tr.step_s = [30.] + [s[1] * 2] + s[2:]
+    elif kind == 'eval_pauses':
+        tr.eval_every, tr.eval_s, tr.save_every, tr.save_s, tr.guess = 200, 6., 200, 1.5, {'eval': 4., 'save': 0.5}
+    elif kind == 'micro_batch':
+        c = int(n * 0.6)
+        tr.step_s = s[:c - 1] + [s[c - 1] * 4] + [x * 1.3 for x in s[c:]]
+        tr.regime = [8] * (c - 1) + [4] * (n - c + 1)
+    elif kind != 'steady': raise ValueError(f"unknown trace kind {kind!r}")
+    return tr
+
+TRACES = ('steady', 'rate_change', 'periodic_slow', 'compile', 'eval_pauses', 'micro_batch')

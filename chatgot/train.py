@@ -13,7 +13,9 @@ from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, l
 from .data import atomic_write_text, prepare_data
 from .batch_size import MicroBatchController
 from .distributed import DDPCallback, distributed
-from .eta import EtaCallback, ProgressCallback, is_eval_row, plot_run
+from .eta import EtaCallback
+from .progress import ProgressCallback
+from .runs import is_eval_row, plot_run
 from .grad_ckpt import GradCheckpointCallback
 from .learner import Callback, Learner
 from .loss_trend import LossTrendCallback

@@ -130,7 +130,8 @@ def test_chat_ctrl_d_ends_the_line(run, monkeypatch, capsys, one_thread):
 
 def test_progress_bar_survives_event_rows(one_thread):
     "An event row with a loss but no `lr` (a spike) after the last step row used to crash the bar with KeyError 'lr'"
-    from chatgot.eta import EtaCallback, ProgressCallback
+    from chatgot.eta import EtaCallback
+    from chatgot.progress import ProgressCallback
     from chatgot.learner import Callback, Learner
     from chatgot.test_utils import tiny_data, tiny_model
     class Spike(Callback):

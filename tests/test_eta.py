@@ -1,9 +1,9 @@
 "ETA on replayed step-time traces, the ETA callback in real runs, plot_run, and the progress bar on resume."
 import contextlib, io, json, math
 import pytest, torch
-from chatgot.eta import (EtaCallback, EtaEstimator, TRACES, eta_errors, eta_jumps, is_step_row, plot_run, read_metrics, replay,
-                         synthetic_trace)
-from chatgot.test_utils import tiny_text
+from chatgot.eta import EtaCallback, EtaEstimator
+from chatgot.runs import is_step_row, plot_run, read_metrics
+from chatgot.test_utils import TRACES, eta_errors, eta_jumps, replay, synthetic_trace, tiny_text
 from chatgot.train import train
 
 CHANGE = {'rate_change': 500, 'micro_batch': 600}  # step where the true rate changes for good
@@ -104,7 +104,7 @@ def test_plot_run_on_odd_metrics(tmp_path):
 
 def test_live_plot_runs_outside_a_kernel(capsys):
     "The live plot (on when asked, or in a Jupyter kernel) redraws at log points without a kernel too"
-    from chatgot.eta import ProgressCallback, in_kernel
+    from chatgot.progress import ProgressCallback, in_kernel
     from chatgot.learner import Learner
     from chatgot.test_utils import tiny_data, tiny_model
     assert not in_kernel()

@@ -172,11 +172,12 @@ def test_a_really_full_disk(corpus, tmp_path, small_disk):
 
 def test_a_run_made_before_this_round_still_resumes_and_loads(tmp_path, one_thread):
     "tests/data/run_before_split: written by the previous version (seeded token split, old callback names in state.pt)"
-    from chatgot.sampling import generate_text, load_model
+    from chatgot.checkpoint import load_for_inference
+    from chatgot.generate import generate_text
     import shutil
     run = tmp_path/'run'; shutil.copytree(Path(__file__).parent/'data'/'run_before_split', run)
     (tmp_path/'c.txt').write_text(tiny_text(300))       # the corpus it was trained on (its config names a /tmp path)
-    model, tok, meta = load_model(run, device='cpu')
+    model, tok, meta = load_for_inference(run, device='cpu')
     assert meta['step'] == 10 and generate_text(model, tok, 'KING:\n', max_new_tokens=8, seed=0)[0]
     learn = train(out=run, resume=True, data=str(tmp_path/'c.txt'), steps=14, quiet=True)
     assert learn.step == 14 and learn.data.val.shape[0] > 0

@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest, torch
 from chatgot.data import train_tokenizer, token_bytes
 from chatgot.learner import Learner
-from chatgot.sampling import (DynaTemp, FrequencyPenalty, GenContext, MinP, NoRepeatNGram, PresencePenalty, RepetitionPenalty,
-                              SampleCallback, Temperature, TopK, TopP, bleu, byte_table, decode, distinct_n, find_boundary,
-                              finish, generate, generate_text, load_model, make_processors, protected_ids, rep_l, self_bleu,
-                              seq_rep_n, trim_text, words)
+from chatgot.checkpoint import load_for_inference
+from chatgot.generate import (DynaTemp, FrequencyPenalty, GenContext, MinP, NoRepeatNGram, PresencePenalty, RepetitionPenalty,
+                              Temperature, TopK, TopP, byte_table, decode, find_boundary, finish, generate, generate_text,
+                              make_processors, protected_ids, trim_text)
+from chatgot.sampling import SampleCallback, bleu, distinct_n, rep_l, self_bleu, seq_rep_n, words
 from chatgot.test_utils import tiny_data, tiny_model, tiny_text
 
 inf = math.inf
@@ -247,4 +248,4 @@ def test_corrupt_checkpoint_is_one_value_error(run_dir, tmp_path):
     ck = tmp_path/'ck'
     shutil.copytree(run_dir/'checkpoints'/'step-0000040', ck)
     (ck/'tokenizer.json').write_text('{}')
-    with pytest.raises(ValueError, match='corrupt'): load_model(ck)
+    with pytest.raises(ValueError, match='corrupt'): load_for_inference(ck)
