@@ -4,7 +4,7 @@ python bench/memory.py [--repeats 5] [--batch-size 8]   -> prints two tables, wr
 Targets (issue 4): checkpointing saves at least 50 % of the activation memory for at most 35 % more step
 time, for `14m` at T=128 and T=256; one OOM-and-retry step costs at most twice a normal step.
 
-1. `grad_ckpt.measure_step` runs each configuration in a fresh process: peak memory of a forward/backward
+1. `bench/step_memory.measure_step` runs each configuration in a fresh process: peak memory of a forward/backward
    above the model's own (CUDA allocator peak, or the CPU's VmHWM with large blocks given back to the system,
    `MALLOC_MMAP_THRESHOLD_`, which also makes its CPU times slower than real training's). The time that is
    compared with the target is the median optimizer step of a Learner with the normal allocator, over
@@ -23,7 +23,8 @@ from bench.machine import describe
 from chatgot.batch_size import MicroBatchController
 from chatgot.test_utils import InjectOOM
 from chatgot.data import TokenData, token_bytes, train_tokenizer
-from chatgot.grad_ckpt import measure_step, set_gradient_checkpointing
+from chatgot.grad_ckpt import set_gradient_checkpointing
+from bench.step_memory import measure_step
 from chatgot.learner import Callback, Learner
 from chatgot.model import GPT, preset_config
 

@@ -6,71 +6,15 @@ Docs: https://chatgot.github.io/chatgot/batch_size.html.md"""
 
 # %% ../nbs/06_batch_size.ipynb #58b0eebd
 from __future__ import annotations
-import ctypes, re, resource, sys
 import torch
 from fastcore.basics import patch
-from tqdm.auto import tqdm
-from .learner import Callback, _proc_bytes, peak_memory
+from .learner import Callback
+from .memory import fmt_bytes, memory_available, oom_bytes, peak_memory, tensor_bytes
 from .grad_ckpt import enable_gradient_checkpointing, is_gradient_checkpointing
 from .model import Block
 
 # %% auto #0
-__all__ = ['oom_bytes', 'fmt_bytes', 'memory_available', 'heap_in_use', 'tensor_bytes', 'size_ladder', 'as_micro_batch_size',
-           'MemoryBudgetError', 'MicroBatchController']
-
-# %% ../nbs/06_batch_size.ipynb #c932e85c
-_units = {'bytes': 1, 'kb': 2**10, 'kib': 2**10, 'mb': 2**20, 'mib': 2**20, 'gb': 2**30, 'gib': 2**30, 'tb': 2**40, 'tib': 2**40}
-_alloc_re = re.compile(r'allocate\s+([\d.]+)\s*(bytes|[KMGT]i?B)\b', re.I)
-
-def oom_bytes(message:str) -> int|None:
-    "Bytes of the allocation that failed, read from an OOM message (CUDA, MPS, CPU allocator); None if it does not say"
-    m = _alloc_re.search(message or '')
-    return int(float(m.group(1)) * _units[m.group(2).lower()]) if m else None
-
-def fmt_bytes(n) -> str:
-    "`n` bytes for people, e.g. '1.5 GiB'"
-    if n is None: return 'an unknown amount'
-    for u in ('bytes', 'KiB', 'MiB', 'GiB'):
-        if abs(n) < 1024: return f"{n:.0f} {u}" if u == 'bytes' else f"{n:.1f} {u}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-# %% ../nbs/06_batch_size.ipynb #f82c5bef
-def memory_available(device) -> int|None:
-    "Bytes this process can still get on `device`: CUDA free + unused cache; CPU the least of RAM, cgroup and RLIMIT_AS room"
-    d = torch.device(device)
-    if d.type == 'cuda':
-        free, _ = torch.cuda.mem_get_info(d)
-        return free + torch.cuda.memory_reserved(d) - torch.cuda.memory_allocated(d)
-    if d.type != 'cpu': return None
-    room = [_proc_bytes('MemAvailable', '/proc/meminfo')]
-    try:
-        lim, cur = (open(f'/sys/fs/cgroup/memory.{f}').read().strip() for f in ('max', 'current'))
-        if lim != 'max': room.append(int(lim) - int(cur))
-    except (OSError, ValueError): pass
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    if soft != resource.RLIM_INFINITY: room.append(soft - (_proc_bytes('VmSize') or 0))
-    room = [r for r in room if r is not None]
-    return max(0, min(room)) if room else None
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in 'arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost'.split()]
-try:
-    _libc = ctypes.CDLL(None)
-    _libc.mallinfo2.restype = _MallInfo2
-except (OSError, AttributeError): _libc = None  # not glibc >= 2.33
-
-def heap_in_use() -> int|None:
-    "Bytes malloc has handed out and not got back (glibc's `mallinfo2`), the CPU's counterpart of CUDA's allocated memory"
-    if _libc is None: return None
-    m = _libc.mallinfo2()
-    return m.uordblks + m.hblkhd
-
-def tensor_bytes(device) -> int|None:
-    "Memory held now by tensors (and whatever else allocates) on `device`: CUDA allocated bytes, CPU heap in use; None elsewhere"
-    d = torch.device(device)
-    if d.type == 'cuda': return torch.cuda.memory_allocated(d)
-    return heap_in_use() if d.type == 'cpu' else None
+__all__ = ['size_ladder', 'MemoryBudgetError', 'MicroBatchController']
 
 # %% ../nbs/06_batch_size.ipynb #55cd73da
 def size_ladder(target:int) -> list[int]:
@@ -80,14 +24,6 @@ def size_ladder(target:int) -> list[int]:
     while out[-1] > 1: out.append(out[-1] // 2)
     return out
 
-def as_micro_batch_size(v) -> int|None:
-    "`--micro-batch-size`: 'auto' is `None`, else a positive integer; anything else is a `ValueError`"
-    if v is None or (isinstance(v, str) and v.strip().lower() == 'auto'): return None
-    try: n = int(v) if not isinstance(v, (bool, float)) else None
-    except (TypeError, ValueError): n = None
-    if n is None or n < 1: raise ValueError(f"--micro-batch-size must be auto or a positive integer, got {v!r}")
-    return n
-
 # %% ../nbs/06_batch_size.ipynb #508c3cc6
 class MemoryBudgetError(ValueError):
     "The step does not fit in memory even at micro-batch 1 with gradient checkpointing"
@@ -96,12 +32,14 @@ class MemoryBudgetError(ValueError):
 class MicroBatchController(Callback):
     "The largest micro-batch that fits: halve and redo the step on OOM, grow back after a stable stretch, back off from sizes that failed"
     order = 10  # after the Recorder (-10) queued the step with the size it used, before checkpoints (90) save this state
-    def __init__(self, micro_batch_size='auto', # 'auto': up to the whole batch; an int N: never above N
+    def __init__(self, micro_batch_size:int|None=None, # None: up to the whole batch; N: never above N (`resolve_flags` parses the flag)
                  stable_steps:int=50,  # steps without an OOM before a larger micro-batch is tried
                  max_use:float=0.8,    # grow only if the predicted extra memory is at most this share of what is available
                  grad_ckpt:bool=True,  # at micro-batch 1, turn gradient checkpointing on once before giving up
                  verbose:bool=True):   # a line on stderr for every OOM and every growth
-        self.want = as_micro_batch_size(micro_batch_size)
+        if not (micro_batch_size is None or (type(micro_batch_size) is int and micro_batch_size >= 1)):
+            raise ValueError(f"micro_batch_size must be None or a positive integer, got {micro_batch_size!r}")
+        self.want = micro_batch_size
         if not (isinstance(stable_steps, int) and stable_steps >= 1): raise ValueError(f"stable_steps must be a positive integer, got {stable_steps!r}")
         if not (isinstance(max_use, (int, float)) and 0 < max_use <= 1): raise ValueError(f"max_use must be in (0, 1], got {max_use!r}")
         self.stable_steps, self.max_use, self.grad_ckpt, self.verbose = stable_steps, max_use, grad_ckpt, verbose

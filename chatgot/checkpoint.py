@@ -41,8 +41,6 @@ def _fsync(path):
     finally: os.close(fd)
 
 # %% ../nbs/03_checkpoint.ipynb #3f3e255a
-def _write_text_atomic(path:Path, text:str): atomic_write_text(path, text)
-
 def save_checkpoint(learn:Learner, ckpt_dir, config:dict|None=None) -> Path:
     "Write `learn`'s complete state to `ckpt_dir/step-NNNNNNN` atomically and point `latest` at it"
     sd = learn.state_dict()  # first: on several processes this gathers from every rank
@@ -67,7 +65,7 @@ def save_checkpoint(learn:Learner, ckpt_dir, config:dict|None=None) -> Path:
     if final.exists(): final.rename(ckpt_dir/f'.replaced-{final.name}-{os.getpid()}')  # kept until the new one is in place
     os.rename(tmp, final)
     _fsync(ckpt_dir)
-    _write_text_atomic(ckpt_dir/'latest', final.name + '\n')
+    atomic_write_text(ckpt_dir/'latest', final.name + '\n')
     for old in ckpt_dir.glob(f'.replaced-{final.name}-*'): shutil.rmtree(old)
     return final
 
@@ -184,7 +182,7 @@ class CheckpointCallback(Callback):
     order = 90
     def __init__(self, ckpt_dir, save_every:int=0, keep_last:int=3, config:dict|None=None, handle_signals:bool=True):
         self.ckpt_dir, self.save_every, self.keep_last, self.config = Path(ckpt_dir), save_every, keep_last, config
-        self.handle_signals, self.interrupted, self.signalled, self.saved_step = handle_signals, None, None, None
+        self.handle_signals, self.signalled, self.saved_step, self.rewound = handle_signals, None, None, False
         self._old = {}  # signal handlers to give back (safe in `finally_fit` even if `before_fit` never ran)
 
     def before_fit(self):
@@ -201,14 +199,14 @@ class CheckpointCallback(Callback):
             if many and now - self._t_signal < 1: return  # torchrun's copy of the terminal's Ctrl-C
             signal.default_int_handler(signum, frame)     # second signal: stop now
         self.signalled, self._t_signal = signal.Signals(signum).name, now
-        if not many: self.interrupted = self.signalled    # several ranks stop where they agree to
+        self.learn.request_stop(self.signalled)           # several ranks stop where they agree to
         if self.dist.main:
             print(f"\n{self.signalled}: finishing this step, saving a checkpoint, then stopping (again to stop now)", file=sys.stderr)
 
     def save(self, final:bool=False):
         "Save this step; a failed save is an event and a warning (the next interval retries), or an error if `final`"
         if self.saved_step == self.step: return
-        if 'recorder' in self.learn.__dict__: self.learn.recorder.flush()
+        self.learn.flush_log()
         if not self.dist.main: self.learn.state_dict(); self.saved_step = self.step; return  # this rank's part of rank 0's save
         try: save_checkpoint(self.learn, self.ckpt_dir, self.config)
         except Exception as e:  # a full disk is an OSError from Python, a SafetensorError or a RuntimeError from torch.save
@@ -225,9 +223,10 @@ class CheckpointCallback(Callback):
         except Exception as e: print(f"warning: could not delete old checkpoints ({e})", file=sys.stderr, flush=True)
 
     def after_step(self):
+        if self.rewound: self.rewound, self.saved_step = False, None; self.save()  # the restored step again, with the rewind in it
         due = self.save_every and self.step % self.save_every == 0
         if due and not self.learn.eval_due(): self.save()
-        if self.interrupted: self.save(final=True); raise CancelFitException()
+        if self.learn.interrupted: self.save(final=True); raise CancelFitException()
 
     def after_eval(self):
         if self.save_every and self.step % self.save_every == 0: self.save()
@@ -236,3 +235,27 @@ class CheckpointCallback(Callback):
     def finally_fit(self):  # after a crash too: the run's signal handlers never outlive it
         for s, h in self._old.items(): signal.signal(s, h)
         self._old = {}
+
+    @property
+    def interrupted(self): return self.learn.interrupted  # for readers of the old name (the CLI); the learner's now
+
+    def rewind(self, last_good:int, tag:str, load:bool=True) -> dict|None:
+        "The newest checkpoint at or before step `last_good` that verifies (and loads, if `load`); newer ones go to `abandoned/`"
+        d, k_now = self.dist, self.learn.sampler.k
+        for p in d.on_main(list_checkpoints, self.ckpt_dir):  # rank 0's list: every rank tries the same candidates
+            step, err = int(p.name.split('-')[1]), None
+            if step > last_good: continue
+            try: load_checkpoint(self.learn, p) if load else verify_checkpoint(p)
+            except CheckpointError as e: err = e
+            if d.any(err is not None):                        # a candidate counts only if it loaded on every rank
+                if err is not None: print(f"warning: cannot use {p.name}: {err}", file=sys.stderr)
+                continue
+            moved = None
+            if d.main:                                        # every rank has read it (`any` waited for all)
+                moved = abandon_checkpoints(self.ckpt_dir, step, f'{tag}-to-{step}')
+                atomic_write_text(self.ckpt_dir/'latest', p.name + '\n')
+            if not load: return dict(checkpoint=p, abandoned=moved)
+            k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now  # skip the batches seen since the checkpoint
+            self.rewound = True
+            return dict(checkpoint=p, abandoned=moved, skipped=[k_ck, k_now])
+        return None

@@ -63,7 +63,7 @@ def train_defaults() -> dict:
     from chatgot.model import PRESETS
     from chatgot.train import FLAGS, resolve_flags
     per = {p: resolve_flags({'preset': p, 'device': 'cpu'}) for p in PRESETS}
-    out = {'out': 'runs/<timestamp>', 'device': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
+    out = {'out': 'runs/<timestamp>', 'device': 'auto', 'precision': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
            'n_embd': "the preset's", 'dropout': "the preset's"}
     for k in FLAGS:
         if k in out: continue

@@ -13,6 +13,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from fastcore.basics import patch
 from .data import BatchSampler
 from .learner import Callback, SingleProcess
 
@@ -189,7 +190,6 @@ class DDPCallback(Callback):
         L, d = self.learn, self.learn.dist
         if d.world < 2: raise ValueError("DDPCallback needs a Learner with dist=Ranks(...) of several processes")
         if not isinstance(L.sampler, RankSampler): L.sampler = RankSampler.like(L.sampler, d.rank, d.world)
-        L.micro_batch_size = min(L.micro_batch_size, L.local_batch_size)
         self.agreed = self.sync == 'agreed' or (self.sync == 'auto' and any(hasattr(c, 'after_oom') for c in L.cbs))
         if self.ddp is None:
             cuda = L.device.type == 'cuda'
@@ -204,17 +204,18 @@ class DDPCallback(Callback):
         return nullcontext() if last and not self.agreed else self.ddp.no_sync()
 
 # %% ../nbs/12_distributed.ipynb #6452d4fb
-def _ddp_after_accumulate(self:DDPCallback):
+@patch
+def after_accumulate(self:DDPCallback):
     L, d = self.learn, self.learn.dist
     if L.oom is not None and not self.agreed: raise L._oom_error  # peers may be stuck in DDP's sync: stop, torchrun stops them
-    ck = getattr(L, 'checkpoint', None)
-    sig = signal.Signals[ck.signalled].value if ck is not None and ck.signalled else 0
+    sig = signal.Signals.__members__.get(L.stop_asked, signal.SIGTERM).value if L.stop_asked else 0
     oom, sig = d.max([d.rank + 1 if L.oom is not None else 0, sig])
-    if sig and ck.interrupted is None: ck.interrupted = signal.Signals(int(sig)).name
+    if sig: L.request_stop(signal.Signals(int(sig)).name, agreed=True)
     if oom: return self._agree_oom()
     if self.agreed: all_reduce_grads(self.params, self.buckets, d.device_group)
     dist.all_reduce(L.step_loss, group=d.device_group)
 
+@patch
 def _agree_oom(self:DDPCallback):
     "Every rank gets the failing ranks' record in `learn.oom` (and an error to raise if retries run out)"
     L = self.learn
@@ -224,5 +225,3 @@ def _agree_oom(self:DDPCallback):
         L.oom = dict(recs[ranks[0]])
         L._oom_error = RuntimeError(f"out of memory on rank {ranks[0]}: {L.oom['message']}")
     L.oom['ranks'] = ranks
-
-DDPCallback.after_accumulate, DDPCallback._agree_oom = _ddp_after_accumulate, _agree_oom

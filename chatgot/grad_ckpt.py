@@ -6,27 +6,19 @@ Docs: https://chatgot.github.io/chatgot/grad_ckpt.html.md"""
 
 # %% ../nbs/04_grad_ckpt.ipynb #5b848d61
 from __future__ import annotations
-import json, os, subprocess, sys
 import torch
 from .learner import Callback
 
 # %% auto #0
-__all__ = ['as_switch', 'is_gradient_checkpointing', 'set_gradient_checkpointing', 'enable_gradient_checkpointing',
-           'disable_gradient_checkpointing', 'grads_on_off', 'GradCheckpointCallback', 'measure_step']
-
-# %% ../nbs/04_grad_ckpt.ipynb #5ecbdfbb
-_true, _false = ('true', 'on', 'yes', '1'), ('false', 'off', 'no', '0')
-
-def as_switch(v, name:str='grad_checkpoint' # the setting's name, for the error message
-             ) -> bool:
-    "`v` as a bool: `True`/`False`, `1`/`0`, or 'true'/'false', 'on'/'off', 'yes'/'no'; anything else is a `ValueError`"
-    if isinstance(v, bool): return v
-    if isinstance(v, int) and v in (0, 1): return bool(v)
-    if isinstance(v, str) and v.strip().lower() in _true + _false: return v.strip().lower() in _true
-    raise ValueError(f"{name} must be true or false (or on/off, yes/no, 1/0), got {v!r}")
+__all__ = ['is_gradient_checkpointing', 'set_gradient_checkpointing', 'enable_gradient_checkpointing',
+           'disable_gradient_checkpointing', 'GradCheckpointCallback']
 
 # %% ../nbs/04_grad_ckpt.ipynb #0f579850
 _unset = object()
+
+def _check_bool(v, name:str):
+    if not isinstance(v, bool): raise ValueError(f"{name} must be true or false, got {v!r}")
+    return v
 
 def _switch_modules(model:torch.nn.Module) -> list:
     ms = [m for m in model.modules() if hasattr(m, 'grad_checkpointing')]
@@ -39,7 +31,7 @@ def is_gradient_checkpointing(model:torch.nn.Module) -> bool:
 
 def set_gradient_checkpointing(model:torch.nn.Module, on) -> bool:
     "Turn gradient checkpointing of `model` on or off, all modules or none; returns the previous state"
-    on, ms = as_switch(on), _switch_modules(model)
+    on, ms = _check_bool(on, 'gradient checkpointing'), _switch_modules(model)
     was, old = is_gradient_checkpointing(model), [m.__dict__.get('grad_checkpointing', _unset) for m in ms]
     try:
         for m in ms: m.grad_checkpointing = on
@@ -58,69 +50,16 @@ def disable_gradient_checkpointing(model:torch.nn.Module) -> bool:
     "Store activations again; harmless if already off. Returns the previous state"
     return set_gradient_checkpointing(model, False)
 
-# %% ../nbs/04_grad_ckpt.ipynb #1835e04e
-def grads_on_off(model:torch.nn.Module, x:torch.Tensor, y:torch.Tensor, seed:int=0) -> list:
-    "`(loss, {name: grad}, rng_state_after)` of one forward/backward with checkpointing off, then on"
-    was, out = is_gradient_checkpointing(model), []
-    try:
-        for on in (False, True):
-            set_gradient_checkpointing(model, on)
-            model.zero_grad(set_to_none=True)
-            torch.manual_seed(seed)
-            loss = model(x, y)[1]; loss.backward()
-            out.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}, torch.get_rng_state()))
-    finally: set_gradient_checkpointing(model, was); model.zero_grad(set_to_none=True)
-    return out
-
 # %% ../nbs/04_grad_ckpt.ipynb #e7027ecb
 class GradCheckpointCallback(Callback):
     "Apply `--grad-checkpoint` when a fit starts; keep the switch in checkpoints (it is config, not weights)"
     order = -20  # before anything that measures memory
-    def __init__(self, enabled=False): # the `--grad-checkpoint` flag
-        self.requested = as_switch(enabled, '--grad-checkpoint')
+    def __init__(self, enabled:bool=False): # the `--grad-checkpoint` flag
+        self.requested = _check_bool(enabled, '--grad-checkpoint')
     def before_fit(self):
         if self.requested: enable_gradient_checkpointing(self.model)
     def state_dict(self): return {'enabled': is_gradient_checkpointing(self.model)}
     def load_state_dict(self, sd:dict):
-        if as_switch(sd.get('enabled', False), "the checkpoint's grad_checkpoint setting"):
+        if _check_bool(sd.get('enabled', False), "the checkpoint's grad_checkpoint setting"):
             self.requested = True
             enable_gradient_checkpointing(self.model)
-
-# %% ../nbs/04_grad_ckpt.ipynb #f8348d7d
-_child = r'''
-import json, re, statistics, sys, time, torch
-from chatgot.model import GPT, preset_config
-a = json.loads(sys.argv[1])
-dev = torch.device(a['device'])
-def hwm(): return int(re.search(r'^VmHWM:\s+(\d+) kB', open('/proc/self/status').read(), re.M).group(1)) * 1024
-def peak(): return torch.cuda.max_memory_allocated(dev) if dev.type == 'cuda' else hwm()
-torch.manual_seed(0)
-m = GPT(preset_config(a['preset'], vocab_size=a['vocab_size'])).to(dev).train()
-m.grad_checkpointing = a['grad_checkpoint']
-x, y = (torch.randint(0, m.config.vocab_size, (a['batch_size'], a['seq_len']), device=dev) for _ in range(2))
-with torch.no_grad(): m(x[:1, :8])
-if dev.type == 'cuda': torch.cuda.synchronize(dev); torch.cuda.reset_peak_memory_stats(dev)
-else: open('/proc/self/clear_refs', 'w').write('5')  # reset the peak RSS (VmHWM) to the current RSS
-p0, ts = peak(), []
-for _ in range(a['steps']):
-    t = time.perf_counter()
-    m.zero_grad(set_to_none=True); m(x, y)[1].backward()
-    if dev.type == 'cuda': torch.cuda.synchronize(dev)
-    ts.append(time.perf_counter() - t)
-grad_bytes = sum(p.numel() * p.element_size() for p in m.parameters())
-print(json.dumps(dict(peak_bytes=peak() - p0, grad_bytes=grad_bytes, act_bytes=peak() - p0 - grad_bytes,
-                      step_s=statistics.median(ts[1:] or ts), step_times=ts)))
-'''
-
-def measure_step(preset:str='14m', seq_len:int=128, batch_size:int=8,
-                 grad_checkpoint:bool=False, # gradient checkpointing on?
-                 steps:int=3, # forward/backward passes (the first is not timed)
-                 vocab_size:int|None=None, device:str='cpu', threads:int|None=None) -> dict:
-    "Peak memory of one training forward/backward (total, activations) and median step time, in a fresh process"
-    a = dict(preset=preset, seq_len=seq_len, batch_size=batch_size, grad_checkpoint=as_switch(grad_checkpoint),
-             steps=steps, vocab_size=vocab_size, device=device)
-    env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '65536'}
-    if threads: env['OMP_NUM_THREADS'] = str(threads)
-    r = subprocess.run([sys.executable, '-c', _child, json.dumps(a)], capture_output=True, text=True, env=env)
-    if r.returncode: raise RuntimeError(f"measure_step failed: {r.stderr.strip().splitlines()[-1:]}")
-    return {**a, **json.loads(r.stdout.strip().splitlines()[-1])}

@@ -6,45 +6,20 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
-import gc, json, math, os, random, resource, sys, tempfile, time
+import math, random, sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 import numpy as np
 import torch
-from fastcore.basics import class2attr, noop, patch
+from fastcore.basics import noop, patch
 from tqdm.auto import tqdm
-from .data import BatchSampler, TokenData, atomic_write_text, eval_batches, token_bytes
+from .data import BatchSampler, TokenData, eval_batches, token_bytes
+from .callback import (EVENTS, CancelEvalException, CancelFitException, CancelStepException, Callback, Recorder,
+                              jsonl_line, keep_rows_upto, read_jsonl)  # the last three: re-exported for older imports
+from .memory import OutOfMemoryStop, current_memory, is_oom, peak_memory, release_memory, reset_peak_memory
 
 # %% auto #0
-__all__ = ['CancelStepException', 'CancelFitException', 'CancelEvalException', 'Callback', 'lr_at', 'current_memory',
-           'peak_memory', 'reset_peak_memory', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner', 'is_oom',
-           'OutOfMemoryStop', 'release_memory', 'jsonl_line', 'read_jsonl', 'keep_rows_upto', 'Recorder']
-
-# %% ../nbs/02_learner.ipynb #b021a455
-class CancelStepException(Exception):
-    "Skip the optimizer update of this step"
-class CancelFitException(Exception):
-    "Stop training after cleaning up"
-class CancelEvalException(Exception):
-    "Skip this evaluation"
-
-_events = """before_fit before_step before_micro_batch after_loss before_backward after_backward
-    after_accumulate after_oom before_clip before_opt_step after_opt_step after_cancel_step after_step before_eval after_eval
-    after_cancel_eval after_cancel_fit after_fit finally_fit""".split()
-
-# %% ../nbs/02_learner.ipynb #f258bdf0
-class Callback:
-    "Base class: methods named after events, an `order`, and a state protocol for checkpoints"
-    order, learn = 0, None
-    observer = False  # True: only watches training; if it fails it is switched off and the run goes on
-    @property
-    def name(self): return class2attr(self, 'Callback')  # `LossTrendCallback` -> `learn.loss_trend`
-    def __getattr__(self, k):
-        if k.startswith('_') or k in ('learn',) or self.learn is None: raise AttributeError(k)
-        return getattr(self.learn, k)
-    def state_dict(self) -> dict: return {}
-    def load_state_dict(self, sd:dict): pass
-    def __repr__(self): return f'{type(self).__name__}(order={self.order})'
+__all__ = ['lr_at', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner']
 
 # %% ../nbs/02_learner.ipynb #7fe47ac4
 def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> float:
@@ -55,35 +30,6 @@ def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> f
     return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/02_learner.ipynb #92dc42d2
-import re, sys
-
-def _proc_bytes(key:str, path:str='/proc/self/status') -> int|None:
-    "A `kB` field of a /proc file in bytes (None where there is no /proc)"
-    try: m = re.search(rf'^{key}:\s+(\d+) kB', open(path).read(), re.M)
-    except OSError: return None
-    return int(m.group(1)) * 1024 if m else None
-
-def current_memory(device) -> int|None:
-    "Memory in use now: CUDA allocated bytes, else the process's resident set (None where unknown)"
-    if torch.device(device).type == 'cuda': return torch.cuda.memory_allocated(device)
-    return _proc_bytes('VmRSS')
-
-def peak_memory(device) -> int:
-    "Peak memory since the last `reset_peak_memory`: CUDA allocator peak, else the process's peak RSS"
-    if torch.device(device).type == 'cuda': return torch.cuda.max_memory_allocated(device)
-    hwm = _proc_bytes('VmHWM')
-    if hwm is not None: return hwm
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # never reset; kB on Linux, bytes on macOS
-    return r if sys.platform == 'darwin' else r * 1024
-
-def reset_peak_memory(device) -> bool:
-    "Start a new peak-memory window; False where the peak cannot be reset (CPU without Linux's `clear_refs`)"
-    if torch.device(device).type == 'cuda': torch.cuda.reset_peak_memory_stats(device); return True
-    try:
-        with open('/proc/self/clear_refs', 'w') as f: f.write('5')  # VmHWM := current RSS (Linux >= 4.0)
-        return True
-    except OSError: return False
-
 def get_rng_state() -> dict:
     "Every RNG state as tensors and plain Python values"
     v, st, pos, g, c = np.random.get_state()
@@ -136,13 +82,15 @@ class Learner:
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # walked every step: listed once
         self.lr, self.batch_size, self.seed, self.out = lr, batch_size, seed, Path(out) if out else None
         self.seq_len = seq_len or model.config.block_size
-        self.micro_batch_size = micro_batch_size or batch_size
+        self.micro_batch_size = min(micro_batch_size or batch_size, self.local_batch_size)  # then `MicroBatchController`'s
         self.warmup, self.min_lr_frac, self.grad_clip, self.total_steps = warmup, min_lr_frac, grad_clip, total_steps
         self.eval_every, self.eval_n = eval_every, eval_batches
         self.opt = model.configure_optimizer(lr, weight_decay=weight_decay, betas=betas)
         self.sampler = BatchSampler(data.train, batch_size, self.seq_len, seed=seed)
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
         self.step, self.tokens, self.precision, self.oom, self.fatal, self.val_step = 0, 0, 'fp32', None, None, None
+        self.stop_asked = self.interrupted = None  # see `request_stop`
+        self.drop_step = self._no_drop = torch.zeros((), device=self.device)  # see `drop`
         self.autocast = torch.autocast(self.device.type, enabled=False)
         self.cbs = []
         self.add_cbs([Recorder()] + list(cbs))
@@ -156,7 +104,7 @@ class Learner:
         self.cbs.sort(key=lambda c: c.order)
 
     def __call__(self, event:str):
-        if event not in _events: raise ValueError(f"unknown event {event!r}")
+        if event not in EVENTS: raise ValueError(f"unknown event {event!r}")
         for cb in list(self.cbs):
             f = getattr(cb, event, None)
             if f is None: continue
@@ -167,6 +115,15 @@ class Learner:
     def log(self, event:str, **info):
         "Log an event row (`oom`, `spike`, ...) with the numbers that explain it: how callbacks report what they did"
         if 'recorder' in self.__dict__: self.recorder.event(event, **info)
+
+    def flush_log(self):
+        "Write the metrics rows still queued on the device (before a checkpoint or a rewind)"
+        if 'recorder' in self.__dict__: self.recorder.flush()
+
+    @property
+    def log_every(self) -> int:
+        "Steps between metric rows: the interval at which callbacks read their device values too"
+        return self.recorder.log_every
 
     def say(self, msg:str):
         "One line for the user on the progress bar's stream (stderr by default) that does not break the bar; rank 0 only"
@@ -193,7 +150,8 @@ class Learner:
 @patch
 def _with_events(self:Learner, f, name:str, ex, final=noop):
     try: self(f'before_{name}'); f()
-    except ex: self(f'after_cancel_{name}')
+    except ex:
+        if f'after_cancel_{name}' in EVENTS: self(f'after_cancel_{name}')
     final(); self(f'after_{name}')
 
 # %% ../nbs/02_learner.ipynb #3046a5c5
@@ -227,8 +185,7 @@ def _opt_step(self:Learner):
     self('before_clip')
     self.grad_norm = self.retry_oom(self._clip, 'clip')
     self('before_opt_step')
-    self.retry_oom(lambda: self.opt.step(), 'optimizer step')
-    self('after_opt_step')
+    self.retry_oom(self._update, 'optimizer step')
 
 @patch
 def _do_step(self:Learner):
@@ -256,22 +213,6 @@ def set_lr(self:Learner, lr:float):
     self.cur_lr = lr
 
 # %% ../nbs/02_learner.ipynb #bf626a18
-_oom_texts = ("out of memory", "can't allocate memory", "Cannot allocate memory", "CUBLAS_STATUS_ALLOC_FAILED")
-
-def is_oom(e:BaseException) -> bool:
-    "Is `e` an out-of-memory error (CUDA/MPS `torch.OutOfMemoryError`, the CPU allocator's `RuntimeError`, `MemoryError`)?"
-    if isinstance(e, (torch.OutOfMemoryError, MemoryError)): return True
-    return isinstance(e, RuntimeError) and any(t in str(e) for t in _oom_texts)
-
-class OutOfMemoryStop(RuntimeError):
-    "Out of memory even after every retry: the run stopped with a checkpoint of its last complete step"
-
-def release_memory(device, full:bool=True):
-    "Give cached memory back: the garbage collector (young generations only unless `full`), then the device cache"
-    gc.collect(2 if full else 1)
-    if torch.device(device).type == 'cuda': torch.cuda.empty_cache()
-    elif torch.device(device).type == 'mps': torch.mps.empty_cache()
-
 @patch
 def _try_accumulate(self:Learner) -> bool:
     "`_accumulate`; on OOM record it in `learn.oom` (plain values) and return False, outside the `except`"
@@ -385,7 +326,9 @@ def eval_due(self:Learner) -> bool:
 def _fit(self:Learner):
     self.model.train()
     while self.step < self.n_steps:
+        self.drop_step = self._no_drop
         self._with_events(self._do_step, 'step', CancelStepException, self._end_step)
+        if self.interrupted: raise CancelFitException()  # a stop request ends the fit here (the checkpoint callback saved first)
         if self.eval_due(): self.evaluate()
 
 @patch
@@ -410,12 +353,44 @@ def fit(self:Learner, n_steps:int):
     if self.fatal is not None: raise self.fatal
 
 # %% ../nbs/02_learner.ipynb #0d8bae7f
+@patch(as_prop=True)
+def skips_on_device(self:Learner) -> bool:
+    "Can the optimizer skip an update on the device (a fused optimizer's `found_inf`)?"
+    return getattr(self.opt, '_step_supports_amp_scaling', False)
+
+@patch
+def drop(self:Learner, flag:torch.Tensor):
+    "Skip this step's update where `flag` (a 0/1 device tensor) is set: on the device if the optimizer can, else cancelled now"
+    self.drop_step = torch.maximum(self.drop_step, flag.detach().float().reshape(()).to(self.device))
+    if not self.skips_on_device and self.drop_step.item(): raise CancelStepException()
+
+@patch
+def _update(self:Learner):
+    "The optimizer step; a fused optimizer gets the step's drop flag as `found_inf`"
+    if self.drop_step is self._no_drop or not self.skips_on_device: return self.opt.step()
+    self.opt.found_inf, self.opt.grad_scale = self.drop_step, None
+    try: self.opt.step()
+    finally: del self.opt.found_inf, self.opt.grad_scale
+
+@patch
+def rewind(self:Learner, last_good:int, tag:str, load:bool=True) -> dict|None:
+    "Back to the newest good checkpoint at or before step `last_good` (loaded unless `load` is False): the checkpoint callback's job"
+    self.flush_log()  # the rows of the abandoned stretch, before any state is restored
+    ck = self.__dict__.get('checkpoint')
+    return None if ck is None else ck.rewind(last_good, tag, load)
+
+@patch
+def request_stop(self:Learner, reason:str, agreed:bool=False):
+    "Stop after this step with a final checkpoint; on several processes once the ranks agree (`agreed`, from `DDPCallback`)"
+    self.stop_asked = self.stop_asked or reason
+    if agreed or self.dist.world == 1: self.interrupted = self.interrupted or reason
+
+# %% ../nbs/02_learner.ipynb #27fc993a
 @patch
 def state_dict(self:Learner) -> dict:
     "Counters, optimizer, RNG states, sampler position and callback states"
     rng = get_rng_state()
-    sd = {'step': self.step, 'tokens': self.tokens, 'micro_batch_size': self.micro_batch_size,
-          'precision': self.precision, 'optimizer': self.opt.state_dict(), 'rng': rng,
+    sd = {'step': self.step, 'tokens': self.tokens, 'precision': self.precision, 'optimizer': self.opt.state_dict(), 'rng': rng,
           'sampler': self.sampler.state_dict(), 'callbacks': {cb.name: cb.state_dict() for cb in self.cbs}}
     if self.dist.world > 1: sd['rng_ranks'] = self.dist.gather(rng)  # every rank's own streams
     return sd
@@ -423,8 +398,7 @@ def state_dict(self:Learner) -> dict:
 @patch
 def load_state_dict(self:Learner, sd:dict):
     "Restore what `state_dict` captured (weights are loaded separately)"
-    self.step, self.tokens = sd['step'], sd['tokens']
-    self.micro_batch_size, self.precision = sd['micro_batch_size'], sd['precision']
+    self.step, self.tokens, self.precision = sd['step'], sd['tokens'], sd['precision']  # the micro-batch: the controller's state
     self.opt.load_state_dict(sd['optimizer'])
     self.sampler.load_state_dict(sd['sampler'])
     rngs = sd.get('rng_ranks') or [sd['rng']]
@@ -434,117 +408,3 @@ def load_state_dict(self:Learner, sd:dict):
         old = type(cb).__name__.removesuffix('Callback').lower()  # the key in checkpoints written before snake_case names
         st = sd['callbacks'].get(cb.name, sd['callbacks'].get(old))
         if st is not None: cb.load_state_dict(st)
-
-# %% ../nbs/02_learner.ipynb #1e4d640f
-def _strict(row:dict) -> dict:
-    "`row` with non-finite floats as None, named with their value in `row['nonfinite']` (nested ones just None)"
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v): return None
-        if isinstance(v, dict): return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)): return [clean(x) for x in v]
-        return v
-    bad = {k: str(v).replace('inf', 'Infinity').replace('nan', 'NaN') for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
-    return {**clean(row), 'nonfinite': bad} if bad else clean(row)
-
-def jsonl_line(row:dict) -> str:
-    "One strict-JSON line (ending in a newline) for `row`"
-    return json.dumps(_strict(row), allow_nan=False) + '\n'
-
-def _stderr(msg): print(msg, file=sys.stderr, flush=True)
-
-def read_jsonl(path, warn=_stderr) -> list[dict]:
-    "The objects of a JSONL file, non-finite values restored; lines that do not parse (a torn last line) are skipped with a warning"
-    try: lines = Path(path).read_text(encoding='utf-8', errors='replace').splitlines()
-    except FileNotFoundError: return []
-    rows, bad = [], 0
-    for l in lines:
-        if not l.strip(): continue
-        try: r = json.loads(l)
-        except ValueError: bad += 1; continue
-        if not isinstance(r, dict): bad += 1; continue
-        for k, v in (r.pop('nonfinite', None) or {}).items(): r[k] = float(v)
-        rows.append(r)
-    if bad and warn: warn(f"warning: {path}: skipped {bad} line(s) that are not whole JSON objects (a torn write?)")
-    return rows
-
-def keep_rows_upto(path, step:int):
-    "Rewrite a JSONL run file atomically with only its rows of steps <= `step` (torn lines dropped)"
-    rows = read_jsonl(path, warn=_stderr)
-    atomic_write_text(path, ''.join(jsonl_line(r) for r in rows if r.get('step', 0) <= step))
-
-# %% ../nbs/02_learner.ipynb #3c8ba2a9
-class Recorder(Callback):
-    "Collect per-step metrics on the device, flush them to `metrics.jsonl` at log intervals"
-    order = -10  # records a step before any callback can stop the fit in `after_step`
-    def __init__(self, log_every:int=10, ema_beta:float=0.98):
-        self.log_every, self.beta = log_every, ema_beta
-        self.rows, self.pending, self.ema, self.ema_n = [], [], 0., 0
-        self.resumed_from, self.write_failed = None, False
-
-    def before_fit(self):
-        self.path = self.learn.out/'metrics.jsonl' if self.learn.out else None
-        if self.path and self.path.exists(): keep_rows_upto(self.path, self.step)
-        if self.resumed_from is not None: self.event('resume', tokens=self.tokens)
-        self.t_last, self.step_last = time.perf_counter(), self.step
-        self._nan = torch.full((), float('nan'), device=self.device)
-
-    def after_step(self):
-        lr, ema = getattr(self.learn, 'cur_lr', None), getattr(self.learn, 'loss_ema', None)
-        self.pending.append((self.step, self.tokens, self.step_loss.detach(), self.grad_norm.detach(),
-                             self._nan if ema is None else ema.detach(), lr, self.micro_batch_size, self.precision,
-                             getattr(self.learn, 'mem_peak', None)))
-        if self.step % self.log_every == 0: self.flush(self.step)
-
-    def flush(self, step=None):
-        "Read the pending device values in one transfer and write their rows"
-        if not self.pending: return
-        if self.device.type == 'cuda': torch.cuda.synchronize(self.device)
-        now, n = time.perf_counter(), len(self.pending)
-        dt = (now - self.t_last) / max(1, (step or self.pending[-1][0]) - self.step_last)
-        timing = self.learn.__dict__.get('eta')  # `chatgot.eta.EtaCallback` if attached: step time without pauses, robust ETA
-        if timing is not None: self._observe(timing, 'report', now, self.pending[-1][0])
-        vals = torch.stack([torch.stack([p[2].float(), p[3].float(), p[4].float()]) for p in self.pending]).cpu().tolist()
-        total = getattr(self.learn, 'n_steps', 0)
-        for (st, tok, *_, lr, mbs, prec, mem), (loss, gn, ema) in zip(self.pending, vals):
-            if math.isfinite(loss):
-                self.ema_n += 1
-                self.ema = self.beta * self.ema + (1 - self.beta) * loss
-            if not math.isfinite(ema): ema = self.ema / (1 - self.beta ** self.ema_n) if self.ema_n else None
-            row = dict(kind='step', step=st, tokens=tok, loss=loss, loss_ema=ema,
-                       lr=lr, batch_size=self.batch_size, micro_batch_size=mbs, grad_norm=gn, precision=prec,
-                       mem_peak_bytes=mem, step_time_s=dt, tok_per_s=self.batch_size * self.seq_len / dt if dt > 0 else None,
-                       eta_s=dt * max(0, total - st))
-            if (timing := self.learn.__dict__.get('eta')) is not None: row.update(self._observe(timing, 'fields', st) or {})
-            self._write(row)
-        self.pending, self.t_last, self.step_last = [], now, self.pending[-1][0]
-
-    def _observe(self, cb, method, *args):
-        "Call an observer's method for a row; if it fails it is detached like any failing observer"
-        try: return getattr(cb, method)(*args)
-        except Exception as e: self.learn.drop_observer(cb, method, e)
-
-    def after_eval(self):
-        self.flush(self.step)
-        self._write(dict(kind='eval', step=self.step, tokens=self.tokens, val_loss=self.val_loss, val_bpb=self.val_bpb))
-
-    def event(self, name:str, **info):
-        "Log an event row (`oom`, `spike`, `fallback`, ...) with the numbers that explain it"
-        self._write({'kind': 'event', 'step': self.step, 'event': name, **info})
-
-    def after_fit(self): self.flush()
-
-    def _write(self, row:dict):
-        self.rows.append(row)
-        if not self.path: return
-        try:
-            with open(self.path, 'a') as f: f.write(('\n' if self.write_failed else '') + jsonl_line(row))  # never glue onto a torn line
-            if self.write_failed: self.write_failed = False; _stderr(f"{self.path}: writing again")
-        except OSError as e:
-            if not self.write_failed: _stderr(f"warning: cannot write {self.path} ({e}); rows are kept in memory, training goes on")
-            self.write_failed = True
-
-    @property
-    def losses(self): return [r['loss'] for r in self.rows if r.get('kind') == 'step']
-    def state_dict(self): return {'ema': self.ema, 'ema_n': self.ema_n}
-    def load_state_dict(self, sd):
-        self.ema, self.ema_n, self.resumed_from = sd['ema'], sd['ema_n'], True

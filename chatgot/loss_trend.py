@@ -6,12 +6,11 @@ Docs: https://chatgot.github.io/chatgot/loss_trend.html.md"""
 
 # %% ../nbs/07_loss_trend.ipynb #8b5a0ed0
 from __future__ import annotations
-import math, shutil, sys
+import math, sys
 from pathlib import Path
 import torch
 from fastcore.basics import patch, store_attr
-from .learner import Callback, CancelStepException
-from .checkpoint import CheckpointError, abandon_checkpoints, list_checkpoints, load_checkpoint, verify_checkpoint, _write_text_atomic
+from .learner import Callback
 
 # %% auto #0
 __all__ = ['robust_trend', 'DivergenceError', 'LossTrendCallback']
@@ -83,7 +82,7 @@ class LossTrendCallback(Callback):
         d = self.learn.device  # constants made once, so the step copies nothing from the host
         self._ks, self._nan = torch.tensor([self.k, self.clip_k], device=d), torch.full((2,), float('nan'), device=d)
         self._no, self._zero, self._three = torch.zeros((), dtype=torch.bool, device=d), torch.zeros((), device=d), torch.full((), 3., device=d)
-        self.every = self.check_every or getattr(getattr(self.learn, 'recorder', None), 'log_every', 10)
+        self.every = self.check_every or getattr(self.learn, 'log_every', 10)
         self.learn.loss_ema = self.ema / self.ema_w  # NaN until a step is accepted; a step cancelled first still queues it
 
 # %% ../nbs/07_loss_trend.ipynb #88d026e9
@@ -98,20 +97,13 @@ def _judge(self:LossTrendCallback, x:torch.Tensor):
     return med, slope, pred, dev, (x - pred) / dev, pred + self._ks * dev
 
 @patch
-def _drop_or_scale(self:LossTrendCallback, scale:torch.Tensor, drop:torch.Tensor):
-    "Multiply the gradients by `scale` (NaN -> 0); a fused optimizer skips its update on the device when `drop`, else return `drop`"
+def _scale(self:LossTrendCallback, scale:torch.Tensor):
+    "Multiply the gradients by `scale`; unless the learner skips on the device, a dropped NaN gradient becomes 0, not 0*NaN"
     grads = [q.grad for q in self.learn.params if q.grad is not None]
-    opt = getattr(self.learn, 'opt', None)
-    fused = getattr(opt, '_step_supports_amp_scaling', False)
-    if grads:
-        torch._foreach_mul_(grads, scale)
-        if not fused:                               # a fused optimizer skips a dropped step itself (below)
-            for g in grads: g.nan_to_num_(0., 0., 0.)   # a dropped non-finite gradient becomes 0, not 0*NaN
-    if fused:
-        fi = getattr(opt, 'found_inf', None)        # MixedPrecision's flag, if it set one this step
-        opt.found_inf = drop.float() if fi is None else torch.maximum(fi, drop.float())
-        return None
-    return drop  # any other optimizer: the caller cancels the step on the host (free on the CPU, one sync on a GPU)
+    if not grads: return
+    torch._foreach_mul_(grads, scale)
+    if not getattr(self.learn, 'skips_on_device', False):
+        for g in grads: g.nan_to_num_(0., 0., 0.)
 
 # %% ../nbs/07_loss_trend.ipynb #b3e505a7
 @patch
@@ -119,7 +111,7 @@ def before_opt_step(self:LossTrendCallback):
     "Judge the step, skip or clip it, update EMA and window, queue its numbers: all on the device"
     loss, gn = self.step_loss.detach().float(), self.grad_norm.detach().float()
     x = torch.stack([loss, gn])
-    bad = ~x.isfinite().all()                          # dropped, but not a spike (see above)
+    bad = ~x.isfinite().all()                          # dropped, but not a spike: MixedPrecision logs those
     if self.n_seen >= self.min_samples:
         med, slope, pred, dev, z, thr = self._judge(x)
         now = gn.clamp(max=self.grad_clip) if self.grad_clip else gn   # the norm after the Learner's clip
@@ -133,7 +125,7 @@ def before_opt_step(self:LossTrendCallback):
         med = slope = pred = dev = z = self._nan
         skip = clip = self._no
         scale, high = torch.where(bad, 0., 1.), ~loss.isfinite()
-    host_drop = self._drop_or_scale(scale, bad | skip)
+    self._scale(scale)
     self.buf[:, self.n_seen % self.window] = torch.where(bad | skip, self._nan, x)   # a skipped step stays out of the window
     self.n_seen += 1
     upd = ~bad & ~skip
@@ -145,7 +137,7 @@ def before_opt_step(self:LossTrendCallback):
     self._queue(loss, gn, med, pred, dev, z, action, scale, slope[0])
     self._judged = True
     self.learn.set_lr(self.cur_lr * self.lr_mult)
-    if host_drop is not None and bool(host_drop): raise CancelStepException()  # a real skip: weights, moments, step counts stay
+    self.learn.drop(bad | skip)  # a real skip: weights, moments, step counts stay (on the device where the optimizer can)
 
 @patch
 def _queue(self:LossTrendCallback, loss, gn, med, pred, dev, z, action, scale, slope):
@@ -212,7 +204,6 @@ def check(self:LossTrendCallback):
 
 @patch
 def after_step(self:LossTrendCallback):
-    if (opt := getattr(self.learn, 'opt', None)) is not None: opt.__dict__.pop('found_inf', None)
     self._judged = False
     if self.step % self.every == 0: self.check()
 
@@ -243,27 +234,6 @@ def load_state_dict(self:LossTrendCallback, sd:dict):
     self.learn.loss_ema = self.ema / self.ema_w
 
 # %% ../nbs/07_loss_trend.ipynb #1b62f652
-@patch
-def _good_checkpoint(self:LossTrendCallback, last:int, load:bool) -> Path|None:
-    "The newest checkpoint at or before step `last` that verifies (and loads, if `load`); newer ones are moved to `abandoned/`"
-    ck = getattr(self.learn, 'checkpoint', None)
-    if ck is None: return None
-    d = self.learn.dist
-    for p in d.on_main(list_checkpoints, ck.ckpt_dir):  # rank 0's list: every rank tries the same candidates
-        if int(p.name.split('-')[1]) > last: continue
-        err = None
-        try: load_checkpoint(self.learn, p) if load else verify_checkpoint(p)
-        except CheckpointError as e: err = e
-        if d.any(err is not None):                      # a candidate counts only if it loaded on every rank
-            if err is not None: print(f"warning: cannot use {p.name}: {err}", file=sys.stderr)
-            continue
-        if d.main:                                      # every rank has read it (`any` waited for all)
-            step = int(p.name.split('-')[1])            # checkpoints of the diverged stretch: set aside, never deleted on a guess
-            self.moved_to = abandon_checkpoints(ck.ckpt_dir, step, f'rewind-{self.rewinds + 1}-to-{step}')
-            _write_text_atomic(ck.ckpt_dir/'latest', p.name + '\n')
-        return p
-    return None
-
 def _rel(p:Path|None) -> str|None:
     "Where a rewind moved the abandoned checkpoints, relative to the run folder"
     return None if p is None else p.relative_to(p.parents[2]).as_posix()
@@ -275,27 +245,24 @@ def _why(i:dict) -> str:
 @patch
 def _diverged(self:LossTrendCallback, last_good:int, **info):
     "Rewind to a checkpoint at or before `last_good` (or lower the LR if none fits); raise `DivergenceError` once `max_rewinds` are spent"
-    rec, self.moved_to = getattr(self.learn, 'recorder', None), None
-    if rec is not None: rec.flush()                      # rows of the abandoned stretch, before any state is restored
+    tag = f'rewind-{self.rewinds + 1}'
     if self.rewinds >= self.max_rewinds:
-        good = self._good_checkpoint(last_good, load=False)
-        self.learn.log('diverged', rewinds=self.rewinds, latest=good.name if good else None, abandoned=_rel(self.moved_to), **info)
+        r = self.learn.rewind(last_good, tag, load=False) or {}
+        good = r.get('checkpoint')
+        self.learn.log('diverged', rewinds=self.rewinds, latest=good.name if good else None, abandoned=_rel(r.get('abandoned')), **info)
         raise DivergenceError(f"training diverged: at step {self.step} {_why(info)}, after {self.rewinds} rewinds"
                               + (f"; checkpoints/latest is now {good.name}" if good else '') + "; resume with a lower learning rate")
     keep = dict(rewinds=self.rewinds + 1, skipped=[list(s) for s in self.skipped], rewind_mult=self.mult['rewind'])
-    from_step, k_now, old = self.step, self.learn.sampler.k, self.lr_mult
-    path = self._good_checkpoint(last_good, load=True)  # restores every callback's state, this one's included
-    self.rewinds, self.skipped, self.mult['rewind'] = keep['rewinds'], keep['skipped'], keep['rewind_mult']
+    from_step, old = self.step, self.lr_mult
+    r = self.learn.rewind(last_good, tag)               # restores every callback's state, this one's included...
+    self.rewinds, self.skipped, self.mult['rewind'] = keep['rewinds'], keep['skipped'], keep['rewind_mult']  # ...but its rewinds
     self.spikes, self.pending = [], []                  # already logged in the abandoned stretch
     self._change('rewind', self.lr_factor)
-    if path is None:
+    if r is None:
         self.run.zero_()
         if info['reason'] == 'rising': self.best_ema, self.best_step = info['loss_ema'], self.step   # the new level is the reference now
         return self.learn.log('lr_down', lr_mult=self.lr_mult, lr_mult_before=old, rewinds=self.rewinds, **info)
-    k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now   # skip the batches seen since the checkpoint
+    k_ck, k_now = r['skipped']
     self.skipped.append([k_ck, k_now])
-    if rec is not None: rec.step_last = self.step       # the next row's step time counts from here
-    self.learn.log('rewind', from_step=from_step, checkpoint=path.name, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
-                lr_mult_before=old, rewinds=self.rewinds, abandoned=_rel(self.moved_to), **info)
-    ck = self.learn.checkpoint
-    ck.saved_step = None; ck.save()                     # the same step again, now with the rewind in it
+    self.learn.log('rewind', from_step=from_step, checkpoint=r['checkpoint'].name, skipped_batches=k_now - k_ck, lr_mult=self.lr_mult,
+                   lr_mult_before=old, rewinds=self.rewinds, abandoned=_rel(r['abandoned']), **info)

@@ -12,7 +12,7 @@ import torch
 from fastcore.basics import patch
 from torch.amp.grad_scaler import _refresh_per_optimizer_state
 from tqdm.auto import tqdm
-from .learner import Callback, CancelStepException
+from .learner import Callback
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'DTYPES', 'native_bf16', 'native_fp16', 'autocast_works', 'resolve_precision', 'next_precision',
@@ -203,8 +203,8 @@ def load_state_dict(self:SafeGradScaler, sd:dict):
 class MixedPrecision(Callback):
     "Autocast under the precision policy, skip non-finite steps, fall back when a precision keeps failing"
     order = -5
-    def __init__(self, precision:str='auto', # auto, fp32, bf16 or fp16 (a resumed run keeps its checkpoint's)
-                 check_every:int|None=None,  # steps between host reads of the flags (None: the Recorder's `log_every`)
+    def __init__(self, precision:str='auto', # fp32, bf16 or fp16 (`resolve_flags` resolves the flag), or auto; a resumed run keeps its checkpoint's
+                 check_every:int|None=None,  # steps between host reads of the flags (None: `learn.log_every`)
                  verbose:bool=True,          # a line on stderr for every skip and fallback
                  **scaler_kw):               # `SafeGradScaler` settings (`max_bad`, `window`, `min_scale`, ...)
         if precision not in PRECISIONS: raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -212,24 +212,21 @@ class MixedPrecision(Callback):
 
     def _setup(self, precision:str|None=None):
         if self.scaler is None:
-            self.scaler = SafeGradScaler(self.device, precision or resolve_precision(self.want, self.device), **self.scaler_kw)
+            p = precision or (resolve_precision('auto', self.device) if self.want == 'auto' else self.want)
+            self.scaler = SafeGradScaler(self.device, p, **self.scaler_kw)
         self.learn.precision, self.learn.autocast = self.scaler.precision, autocast_for(self.scaler.precision, self.device)
 
     def before_fit(self): self._setup()
     def before_step(self): self.scaler.new_step()
     def before_backward(self): self.learn.loss_grad = self.scaler.scale(self.loss_grad)
     def before_clip(self): self.scaler.unscale_(self.opt)
-    def before_opt_step(self):
-        bad = self.scaler.check(self.step_loss, self.grad_norm, self.opt)
-        if getattr(self.opt, '_step_supports_amp_scaling', False): self.opt.found_inf, self.opt.grad_scale = bad, None
-        elif bad.item(): raise CancelStepException()
+    def before_opt_step(self): self.learn.drop(self.scaler.check(self.step_loss, self.grad_norm, self.opt))
 
 # %% ../nbs/05_precision.ipynb #d2351428
 @patch
 def after_step(self:MixedPrecision):
-    for k in ('found_inf', 'grad_scale'): self.opt.__dict__.pop(k, None)
     self.scaler.update(self.step)
-    if self.step % (self.check_every or self.recorder.log_every): return
+    if self.step % (self.check_every or self.learn.log_every): return
     self.log_skips()
     ev = self.scaler.maybe_fallback(self.step)
     if ev is None: return

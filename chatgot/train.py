@@ -6,15 +6,15 @@ Docs: https://chatgot.github.io/chatgot/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #4b6755be
 from __future__ import annotations
-import dataclasses, json, os, shlex, time
+import dataclasses, json, shlex, time
 from pathlib import Path
 import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
-from .data import prepare_data
+from .data import atomic_write_text, prepare_data
 from .batch_size import MicroBatchController
 from .distributed import DDPCallback, distributed
 from .eta import EtaCallback, ProgressCallback, is_eval_row, plot_run
-from .grad_ckpt import GradCheckpointCallback, as_switch
+from .grad_ckpt import GradCheckpointCallback
 from .learner import Callback, Learner
 from .loss_trend import LossTrendCallback
 from .precision import MixedPrecision, resolve_precision
@@ -23,8 +23,8 @@ from .model import GPT, PRESETS, preset_config
 from tokenizers import Tokenizer
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'resolve_flags', 'prepare_run', 'check_same_data', 'CompileCallback',
-           'run_callbacks', 'checkpoint_sizes', 'run_summary', 'train']
+__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'as_switch', 'as_micro_batch_size', 'resolve_flags', 'prepare_run',
+           'check_same_data', 'CompileCallback', 'run_callbacks', 'checkpoint_sizes', 'run_summary', 'train']
 
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
@@ -38,12 +38,33 @@ class UsageError(ValueError):
     agreed = True  # the same on every process of a torchrun job (same flags, same run folder): rank 0 reports it
 
 # %% ../nbs/10_train.ipynb #c2d8e737
+_true, _false = ('true', 'on', 'yes', '1'), ('false', 'off', 'no', '0')
+
+def as_switch(v, name:str # the flag's name, for the error message
+             ) -> bool:
+    "`v` as a bool: `True`/`False`, `1`/`0`, or 'true'/'false', 'on'/'off', 'yes'/'no'; anything else is a `ValueError`"
+    if isinstance(v, bool): return v
+    if isinstance(v, int) and v in (0, 1): return bool(v)
+    if isinstance(v, str) and v.strip().lower() in _true + _false: return v.strip().lower() in _true
+    raise ValueError(f"{name} must be true or false (or on/off, yes/no, 1/0), got {v!r}")
+
+def as_micro_batch_size(v, most:int, world:int=1) -> str|int:
+    "`--micro-batch-size`: 'auto', or a whole number of sequences per process from 1 to `most`"
+    if isinstance(v, str) and v.strip().lower() == 'auto': return 'auto'
+    n = v if type(v) is int else int(v.strip()) if isinstance(v, str) and v.strip().isdigit() else None
+    if n is None or n < 1: raise ValueError(f"--micro-batch-size must be auto or a positive integer, got {v!r}")
+    if n > most: raise ValueError(f"--micro-batch-size must be between 1 and --batch-size ({most}), got {n}" if world == 1 else
+                                  f"--micro-batch-size counts sequences per process: at most --batch-size / processes = {most}, got {n}")
+    return n
+
+# %% ../nbs/10_train.ipynb #356fe4a6
 FLAGS = ('data', 'val_fraction', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
          'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile')
 
-def resolve_flags(given:dict, stored:dict|None=None) -> dict:
-    "Every flag's value: given, else stored (on resume), else the preset's default"
+def resolve_flags(given:dict, stored:dict|None=None,
+                  world:int=1) -> dict: # processes the run is split over (torchrun)
+    "Every flag's value, parsed: given, else stored (on resume), else the preset's default"
     f = {**(stored or {}), **{k: v for k, v in given.items() if v is not None}}
     preset = f.get('preset') or '14m'
     if preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -61,17 +82,13 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
         raise UsageError(f"--val-fraction must be in (0, 0.5], got {f['val_fraction']!r}")
     if not (isinstance(f['lr'], (int, float)) and 0 < f['lr'] < 1): raise UsageError(f"--lr must be in (0, 1), got {f['lr']!r}")
     if f['tokenizer'] not in ('bpe', 'char'): raise UsageError(f"--tokenizer must be bpe or char, got {f['tokenizer']!r}")
-    mbs = f['micro_batch_size']
-    if mbs != 'auto':
-        try: mbs = int(mbs)
-        except (TypeError, ValueError): raise UsageError(f"--micro-batch-size must be auto or a positive integer, got {mbs!r}") from None
-        if not 1 <= mbs <= f['batch_size']: raise UsageError(f"--micro-batch-size must be between 1 and --batch-size ({f['batch_size']}), got {mbs}")
-        f['micro_batch_size'] = mbs
+    if f['batch_size'] % world: raise UsageError(f"--batch-size {f['batch_size']} must be divisible by the number of processes ({world})")
     if f['device'] == 'auto': f['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif f['device'] not in ('cpu', 'cuda') and not f['device'].startswith('cuda:'): raise UsageError(f"--device must be auto, cpu or cuda, got {f['device']!r}")
     if f['device'].startswith('cuda') and not torch.cuda.is_available(): raise UsageError("--device cuda was asked for but torch sees no CUDA device")
     try:
-        resolve_precision(f['precision'], f['device'])
+        f['micro_batch_size'] = as_micro_batch_size(f['micro_batch_size'], f['batch_size'] // world, world)
+        f['precision'] = resolve_precision(f['precision'], f['device'])
         f['grad_checkpoint'] = as_switch(f['grad_checkpoint'], '--grad-checkpoint')
         f['loss_trend'] = as_switch(f['loss_trend'], 'loss_trend')
         f['compile'] = as_switch(f['compile'], '--compile')
@@ -79,11 +96,6 @@ def resolve_flags(given:dict, stored:dict|None=None) -> dict:
     return {k: f.get(k) for k in FLAGS}
 
 # %% ../nbs/10_train.ipynb #cde6aef6
-def _write_json_atomic(path:Path, obj):
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
 def prepare_run(out, resume:bool) -> tuple[Path, dict|None, Path|None]:
     "The run folder, its stored flags (on resume) and the checkpoint to resume from"
     if resume and not out: raise UsageError("--resume needs --out RUN (the run folder to continue)")
@@ -130,21 +142,12 @@ class CompileCallback(Callback):
 def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
     "The callbacks `train()` attaches for the resolved flags `f`"
     cbs = [GradCheckpointCallback(f['grad_checkpoint']), EtaCallback(), MixedPrecision(f['precision'], verbose=not quiet),
-           MicroBatchController(f['micro_batch_size'], verbose=not quiet),
+           MicroBatchController(None if f['micro_batch_size'] == 'auto' else f['micro_batch_size'], verbose=not quiet),
            CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
     if f['loss_trend']: cbs.append(LossTrendCallback())
     if f['sample_every']: cbs.append(SampleCallback(every=f['sample_every'], quiet=quiet))
     if f['compile']: cbs.append(CompileCallback())
     return cbs + ([] if quiet else [ProgressCallback()])
-
-# %% ../nbs/10_train.ipynb #aa6e41e7
-def _check_world(f:dict, d) -> None:
-    "Flags that cannot work on `d.world` processes"
-    if f['batch_size'] % d.world:
-        raise UsageError(f"--batch-size {f['batch_size']} must be divisible by the number of processes ({d.world})")
-    b = f['batch_size'] // d.world
-    if f['micro_batch_size'] != 'auto' and f['micro_batch_size'] > b:
-        raise UsageError(f"--micro-batch-size counts sequences per process: at most --batch-size / processes = {b}, got {f['micro_batch_size']}")
 
 # %% ../nbs/10_train.ipynb #fbc0e3a4
 def _mb(n:int) -> str: return f"{n / 1e6:.1f} MB"
@@ -166,7 +169,7 @@ def run_summary(learn, out:Path, steps:int) -> str:
         lines.append(f"checkpoints: {len(cks)} kept in {out/'checkpoints'} ({_mb(sum(checkpoint_sizes(c)[1] for c in cks))}; "
                      f"each {_mb(t)}: weights {_mb(w)}, optimizer state and the rest {_mb(t - w)})")
     lines.append(f"plot: {out/'plot.png'}")
-    done = learn.step >= steps and not getattr(getattr(learn, 'checkpoint', None), 'interrupted', False)
+    done = learn.step >= steps and not learn.interrupted
     lines += [f"chat:     chatgot chat --ckpt {q}", f"evaluate: chatgot eval --ckpt {q}"]
     lines.append(f"train on: chatgot train --out {q} --resume --steps {2 * steps}" if done else
                  f"resume:   chatgot train --out {q} --resume")
@@ -182,8 +185,7 @@ def train(out=None, resume:bool=False, quiet:bool=False, cbs=(), **flags) -> Lea
 def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     out, stored, ck = d.on_main(prepare_run, out, resume)
     if not quiet and d.main: print(f"run folder: {out}", flush=True)
-    f = resolve_flags(flags, stored)
-    _check_world(f, d)
+    f = resolve_flags(flags, stored, world=d.world)
     try: device = d.use_device(f['device']) if d.world > 1 else f['device']
     except ValueError as e: raise UsageError(str(e)) from None
     if stored is not None and stored.get('val_fraction') is None:  # a run made before the text split: keep its data
@@ -221,7 +223,7 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
         if not quiet and d.main: print(f"resuming {out} from {ck.name} (step {meta['step']})", flush=True)
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(out/'config.json', config)
+        atomic_write_text(out/'config.json', json.dumps(config, indent=1))
     if d.world > 1:
         d.barrier()
         if d.any(not (out/'config.json').exists()):

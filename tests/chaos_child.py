@@ -91,7 +91,7 @@ def main(run, corpus, faults, resume):
 
     flags = {} if resume else dict(FLAGS, data=str(corpus))
     learn = train(out=run, resume=resume, quiet=True, cbs=[Faults()], **flags)
-    return 130 if learn.checkpoint.interrupted else 0
+    return 130 if learn.interrupted else 0
 
 if __name__ == '__main__':
     torch.set_num_threads(1)

@@ -46,7 +46,8 @@ def test_random_ooms_give_the_same_run(reference, seed):
 _child = textwrap.dedent(r'''
     import json, resource, sys, torch
     torch.set_num_threads(1)
-    from chatgot.learner import Learner, _proc_bytes
+    from chatgot.learner import Learner
+    from chatgot.memory import proc_bytes
     from chatgot.batch_size import MicroBatchController
     from chatgot.test_utils import tiny_data, tiny_model
     data = tiny_data()
@@ -57,7 +58,7 @@ _child = textwrap.dedent(r'''
     ref = learner(); ref.fit(10)
     need = ref.mem_peak - ref.mem_base  # one full-batch step; RSS follows the tensors (MALLOC_MMAP_THRESHOLD_)
     l = learner()
-    limit = _proc_bytes('VmSize') + int(need * 0.4)  # the full batch cannot fit, a quarter of it can
+    limit = proc_bytes('VmSize') + int(need * 0.4)  # the full batch cannot fit, a quarter of it can
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     l.fit(10)
     print(json.dumps(dict(need=need, ref=ref.recorder.losses, losses=l.recorder.losses, step=l.step,

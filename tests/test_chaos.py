@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from chatgot.checkpoint import abandoned_sets, best_checkpoint, list_checkpoints, verify_checkpoint
-from chatgot.learner import read_jsonl
+from chatgot.callback import read_jsonl
 from chatgot.test_utils import tiny_text
 
 HERE = Path(__file__).parent

@@ -35,7 +35,7 @@ PRE = textwrap.dedent('''
             self.sizes.append(self.micro_batch_size)
             time.sleep({sleep})
         def finally_fit(self):
-            json.dump(dict(step=self.step, sizes=self.sizes, interrupted=self.learn.checkpoint.interrupted),
+            json.dump(dict(step=self.step, sizes=self.sizes, interrupted=self.learn.interrupted),
                       open(os.path.join({trace_dir!r}, f'trace{{RANK}}.json'), 'w'))
     _defaults = T.run_callbacks
     T.run_callbacks = lambda *a, **k: _defaults(*a, **k) + [Trace()] + ([{rank1}] if RANK == 1 else [])

@@ -4,7 +4,9 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from chatgot.batch_size import MemoryBudgetError
 from chatgot.checkpoint import find_checkpoint, list_checkpoints
-from chatgot.learner import Callback, OutOfMemoryStop, read_jsonl
+from chatgot.learner import Callback
+from chatgot.callback import read_jsonl
+from chatgot.memory import OutOfMemoryStop
 from chatgot.test_utils import tiny_text
 from chatgot.train import train
 

@@ -2,7 +2,8 @@
 import json, math, shutil
 from pathlib import Path
 import pytest, torch
-from chatgot.learner import Callback, CancelFitException, CancelStepException, lr_at, read_jsonl
+from chatgot.learner import Callback, CancelFitException, CancelStepException, lr_at
+from chatgot.callback import read_jsonl
 from chatgot.checkpoint import list_checkpoints
 from chatgot.loss_trend import DivergenceError, LossTrendCallback
 from chatgot.test_utils import InjectSpikes, ScriptedLearner, noisy

@@ -163,7 +163,7 @@ def test_resume_through_train_keeps_the_fallen_back_precision(tmp_path, monkeypa
     class Interrupt(Callback):
         order = 80  # before the checkpoint callback's after_step, which saves and stops
         def after_step(self):
-            if self.step == 8: self.learn.checkpoint.interrupted = 'SIGINT'
+            if self.step == 8: self.learn.request_stop('SIGINT')
     full = train(out=tmp_path/'full', cbs=cbs(), **flags)
     part = train(out=tmp_path/'run', cbs=cbs() + [Interrupt()], **flags)
     fallen = next_precision('fp16', native_bf16('cpu'))

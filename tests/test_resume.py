@@ -3,7 +3,7 @@ import json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from chatgot.learner import read_jsonl
+from chatgot.callback import read_jsonl
 from chatgot.test_utils import tiny_text
 
 STEPS = 40
