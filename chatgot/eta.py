@@ -297,7 +297,7 @@ def guess(self:EtaCallback) -> dict:
 
 @patch
 def report(self:EtaCallback, now:float, step:int):
-    "Called by the Recorder at a flush, right after its device synchronisation"
+    "The step time and ETA as of the flush at `now` (right after the Recorder's device synchronisation)"
     if self.timer is None: return
     raw = self.timer.report(now, step, self.tokens, self.micro_batch_size)
     self.last = (step, raw, self.est.estimate((self.n_steps - step) * self.tps, self.pauses_left(), self.guess()))
@@ -312,6 +312,14 @@ def fields(self:EtaCallback, st:int) -> dict:
     if e is None: return {**d, 'eta_s': None, 'eta_low_s': None, 'eta_high_s': None}
     back = (step - st) * e.s_per_token * self.tps
     return {**d, 'eta_s': e.eta_s + back, 'eta_low_s': e.low_s + back, 'eta_high_s': e.high_s + back}
+
+@patch
+def before_log(self:EtaCallback):
+    "At each flush of step rows: measure, then put the step time and ETA into every row"
+    rows = self.learn.log_rows
+    if not rows: return
+    self.report(self.learn.log_time, rows[-1]['step'])
+    for r in rows: r.update(self.fields(r['step']))
 
 # %% ../nbs/08_eta.ipynb #a1979bbe
 @patch

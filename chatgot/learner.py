@@ -14,6 +14,7 @@ import torch
 from fastcore.basics import noop, patch
 from tqdm.auto import tqdm
 from .data import BatchSampler, TokenData, eval_batches, token_bytes
+from .optim import make_optimizer
 from .callback import (EVENTS, CancelEvalException, CancelFitException, CancelStepException, Callback, Recorder,
                               jsonl_line, keep_rows_upto, read_jsonl)  # the last three: re-exported for older imports
 from .memory import OutOfMemoryStop, current_memory, is_oom, peak_memory, release_memory, reset_peak_memory
@@ -68,6 +69,7 @@ class Learner:
                  batch_size:int=32,        # sequences per optimizer step
                  micro_batch_size:int|None=None, # sequences per forward/backward (None: whole batch)
                  seq_len:int|None=None,    # tokens per sequence (None: the model's block size)
+                 optimizer:str='adamw',    # 'adamw', or 'muon' for the hidden matrices (see `01b_optim`)
                  weight_decay:float=0.1, betas=(0.9, 0.95),
                  warmup:int=100,           # linear warmup steps
                  min_lr_frac:float=0.1,    # cosine decays to this fraction of `lr`
@@ -85,7 +87,7 @@ class Learner:
         self.micro_batch_size = min(micro_batch_size or batch_size, self.local_batch_size)  # then `MicroBatchController`'s
         self.warmup, self.min_lr_frac, self.grad_clip, self.total_steps = warmup, min_lr_frac, grad_clip, total_steps
         self.eval_every, self.eval_n = eval_every, eval_batches
-        self.opt = model.configure_optimizer(lr, weight_decay=weight_decay, betas=betas)
+        self.opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay, betas=betas)
         self.sampler = BatchSampler(data.train, batch_size, self.seq_len, seed=seed)
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
         self.step, self.tokens, self.precision, self.oom, self.fatal, self.val_step = 0, 0, 'fp32', None, None, None
@@ -208,8 +210,8 @@ def _end_step(self:Learner):
 
 @patch
 def set_lr(self:Learner, lr:float):
-    "Set the learning rate of every parameter group"
-    for g in self.opt.param_groups: g['lr'] = lr
+    "Set the learning rate of every parameter group (times the group's `lr_scale`, if it has one)"
+    for g in self.opt.param_groups: g['lr'] = lr * g.get('lr_scale', 1.0)
     self.cur_lr = lr
 
 # %% ../nbs/02_learner.ipynb #bf626a18

@@ -73,11 +73,11 @@ def make_optimizer(model:nn.Module, kind:str='adamw', # 'adamw': AdamW everywher
                   ):
     "The training optimizer of `model`: one object with `param_groups`, `step`, `zero_grad` and a state dict"
     g = param_groups(model)
-    ps = [p for v in g.values() for p in v]
+    ps = [p for p in model.parameters() if p.requires_grad]  # model order: AdamW checkpoints store their moments in it
     fused = dict(fused=True) if all(p.device.type in ('cpu', 'cuda') and p.is_floating_point() for p in ps) else {}
     if kind == 'adamw':
-        return torch.optim.AdamW([dict(params=g['hidden'] + g['embed'], weight_decay=weight_decay),
-                                  dict(params=g['vector'], weight_decay=0.0)], lr=lr, betas=betas, eps=eps, **fused)
+        return torch.optim.AdamW([dict(params=[p for p in ps if p.dim() >= 2], weight_decay=weight_decay),
+                                  dict(params=[p for p in ps if p.dim() < 2], weight_decay=0.0)], lr=lr, betas=betas, eps=eps, **fused)
     if kind != 'muon': raise ValueError(f"optimizer must be adamw or muon, got {kind!r}")
     adam = torch.optim.AdamW([dict(params=g['embed'], weight_decay=weight_decay), dict(params=g['vector'], weight_decay=0.0)],
                              lr=lr, betas=betas, eps=eps, **fused)

@@ -21,7 +21,7 @@ from .learner import Callback, Learner
 from .loss_trend import LossTrendCallback
 from .precision import MixedPrecision, resolve_precision
 from .sampling import SampleCallback
-from .model import GPT, PRESETS, preset_config
+from .model import ARCHS, GPT, PRESETS, preset_config
 from tokenizers import Tokenizer
 
 # %% auto #0
@@ -62,18 +62,21 @@ def as_micro_batch_size(v, most:int, world:int=1) -> str|int:
 # %% ../nbs/10_train.ipynb #356fe4a6
 FLAGS = ('data', 'val_fraction', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
-         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile')
+         'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile',
+         'arch', 'optimizer')
 
 def resolve_flags(given:dict, stored:dict|None=None,
                   world:int=1) -> dict: # processes the run is split over (torchrun)
     "Every flag's value, parsed: given, else stored (on resume), else the preset's default"
-    f = {**(stored or {}), **{k: v for k, v in given.items() if v is not None}}
+    legacy = dict(arch='gpt2', optimizer='adamw') if stored is not None else {}  # runs made before these flags existed
+    f = {**legacy, **(stored or {}), **{k: v for k, v in given.items() if v is not None}}
     preset = f.get('preset') or '14m'
     if preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
     base = dict(data='builtin:shakespeare', val_fraction=0.1, preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=1,
                 log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
+                arch=p['arch'], optimizer='muon',
                 **TRAIN_DEFAULTS[preset])
     f = {**base, **{k: v for k, v in f.items() if v is not None}}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
@@ -84,6 +87,8 @@ def resolve_flags(given:dict, stored:dict|None=None,
         raise UsageError(f"--val-fraction must be in (0, 0.5], got {f['val_fraction']!r}")
     if not (isinstance(f['lr'], (int, float)) and 0 < f['lr'] < 1): raise UsageError(f"--lr must be in (0, 1), got {f['lr']!r}")
     if f['tokenizer'] not in ('bpe', 'char'): raise UsageError(f"--tokenizer must be bpe or char, got {f['tokenizer']!r}")
+    if f['arch'] not in ARCHS: raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {f['arch']!r}")
+    if f['optimizer'] not in ('adamw', 'muon'): raise UsageError(f"--optimizer must be adamw or muon, got {f['optimizer']!r}")
     if f['batch_size'] % world: raise UsageError(f"--batch-size {f['batch_size']} must be divisible by the number of processes ({world})")
     if f['device'] == 'auto': f['device'] = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif f['device'] not in ('cpu', 'cuda') and not f['device'].startswith('cuda:'): raise UsageError(f"--device must be auto, cpu or cuda, got {f['device']!r}")
@@ -202,7 +207,7 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     tok = d.on_main(first)  # rank 0 trains (or loads) the tokenizer; the others use it
     data = box['data'] if 'data' in box else prep(Tokenizer.from_str(tok))
     if stored is not None: check_same_data(out, data)
-    mc = preset_config(f['preset'], vocab_size=data.vocab_size, n_layer=f['n_layer'], n_head=f['n_head'],
+    mc = preset_config(f['preset'], vocab_size=data.vocab_size, arch=f['arch'], n_layer=f['n_layer'], n_head=f['n_head'],
                        n_embd=f['n_embd'], dropout=f['dropout'])
     if f['seq_len'] > mc.block_size: raise UsageError(f"--seq-len {f['seq_len']} is longer than the model's context ({mc.block_size})")
     torch.manual_seed(f['seed'])
@@ -216,7 +221,7 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     default = run_callbacks(f, out, config, quiet or not d.main) + ([DDPCallback()] if d.world > 1 else [])
     default = [c for c in default if type(c) not in mine and (d.main or not isinstance(c, SampleCallback))]
     learn = Learner(model, data, cbs=default + list(cbs),
-                    lr=f['lr'], batch_size=f['batch_size'], seq_len=f['seq_len'],
+                    lr=f['lr'], optimizer=f['optimizer'], batch_size=f['batch_size'], seq_len=f['seq_len'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
                     total_steps=f['steps'], device=device, seed=f['seed'], out=out if d.main else None, dist=d)
     learn.recorder.log_every = f['log_every']
