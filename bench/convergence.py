@@ -1,6 +1,7 @@
 """Time to a validation loss: nanoGPT's plain 2000-step `baby` run vs `chatgot train --preset baby`.
 
 python bench/convergence.py [--data builtin:histories] [--repeats 1] [--steps 2000] [--ours-args '{"lr": 2e-3}']
+                            [--also '{"arch": "gpt2", "optimizer": "adamw"}' ...]  (more chatgot runs, in the same run)
     -> prints a table, writes bench/results/convergence.json
 plain:   nanoGPT's CPU recipe ("baby": 4 layers, 4 heads, width 128, context 64, batch 12, char tokens, 2000 iters,
          AdamW lr 1e-3 with beta2 0.99, warmup 100, cosine to 1e-4, clip 1.0, weight decay 0.1), fp32 eager, foreach
@@ -54,6 +55,7 @@ if __name__ == '__main__':
     ap.add_argument('--data', default='builtin:histories'); ap.add_argument('--repeats', type=int, default=1)
     ap.add_argument('--steps', type=int, default=2000); ap.add_argument('--ours-args', default='{}')
     ap.add_argument('--skip-plain', action='store_true')
+    ap.add_argument('--also', nargs='*', default=[], help='JSON flags of further chatgot runs, measured in the same run')
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'convergence.json'))
     a = ap.parse_args(); kw = json.loads(a.ours_args)
     data = prepare_data(a.data, tokenizer='char', seq_len=64)
@@ -63,6 +65,10 @@ if __name__ == '__main__':
         if not a.skip_plain:
             m, t = plain(data, a.steps); row.update(plain_s=t, plain_val=val_loss(m, data, batches=200))
         m, t, n = ours(a.data, **kw); row.update(chatgot_s=t, chatgot_steps=n, chatgot_val=val_loss(m, data, batches=200))
+        for i, extra in enumerate(a.also):
+            m, t, n = ours(a.data, **json.loads(extra))
+            row[f'also{i}'] = dict(args=json.loads(extra), s=t, steps=n, val=val_loss(m, data, batches=200))
+            if 'plain_s' in row: row[f'also{i}']['time_ratio'] = t / row['plain_s']
         res['runs'].append(row); print(row, flush=True)
     for k in ('plain_s', 'plain_val', 'chatgot_s', 'chatgot_val'):
         if k in res['runs'][0]: res[k] = statistics.median(r[k] for r in res['runs'])
