@@ -45,8 +45,8 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               no_loss_trend:bool=False, # do not skip loss spikes, adjust the LR or rewind on divergence
               sample_every:int=None,# steps between in-training samples written to samples.jsonl (0: none)
               compile:bool=False,   # train through torch.compile (faster after a slow first step)
-              arch:str=None,        # block recipe: qwen3 (default), llama or gpt2 (the recipe before 01c_recipe)
-              optimizer:str=None,   # muon (default: Muon for hidden matrices, AdamW for the rest) or adamw
+              arch:str=None,        # block recipe: qwen3, llama or gpt2 (gpt2: the recipe before 01c_recipe)
+              optimizer:str=None,   # muon (Muon for hidden matrices, AdamW for the rest) or adamw
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
     flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}  # the flags, before any import adds a local
