@@ -94,7 +94,8 @@ def verify_checkpoint(path) -> dict:
 def check_model_config(meta:dict, model_config, where='checkpoint'):
     "Raise a one-line `CheckpointError` if the checkpoint's model config differs from `model_config`"
     want = dataclasses.asdict(model_config)
-    diff = [f"{k}={meta['model'].get(k)!r} (run asks {v!r})" for k, v in want.items() if meta['model'].get(k) != v]
+    have = {**{f.name: f.default for f in dataclasses.fields(model_config)}, **meta['model']}  # saved before a field existed: its default
+    diff = [f"{k}={have.get(k)!r} (run asks {v!r})" for k, v in want.items() if have.get(k) != v]
     if diff: raise CheckpointError(f"{where} does not fit this model: " + ', '.join(diff))
 
 def load_state(path) -> dict:

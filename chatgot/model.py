@@ -212,12 +212,12 @@ class GPT(nn.Module):
     def __init__(self, config:GPTConfig):
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte = nn.Embedding(config.vocab_size, config.n_embd),
+        wpe = dict(wpe=nn.Embedding(config.block_size, config.n_embd)) if config.pos == 'learned' else {}
+        self.transformer = nn.ModuleDict(dict(  # this order is the parameters' order, which optimizer states follow
+            wte = nn.Embedding(config.vocab_size, config.n_embd), **wpe,
             drop = nn.Dropout(config.dropout),
             h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
             ln_f = _norm(config, config.n_embd)))
-        if config.pos == 'learned': self.transformer.wpe = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings: self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)

@@ -28,6 +28,8 @@ class Optimizers:
     def __init__(self, *opts): self.opts = opts
     @property
     def param_groups(self) -> list: return [g for o in self.opts for g in o.param_groups]
+    @property
+    def state(self) -> dict: return {p: s for o in self.opts for p, s in o.state.items()}
     def step(self, closure=None):
         for o in self.opts: o.step()
     def zero_grad(self, set_to_none:bool=True):

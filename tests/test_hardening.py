@@ -147,9 +147,9 @@ def test_full_disk_mid_run_and_at_the_end(corpus, tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    "A real 2 MiB filesystem (tmpfs): a tiny run's second checkpoint does not fit beside its first"
+    "A real 1.5 MiB filesystem (tmpfs): a tiny run's second checkpoint (0.93 MB each) does not fit beside its first"
     d = tmp_path/'disk'; d.mkdir()
-    if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=2M', 'tmpfs', str(d)], capture_output=True).returncode:
+    if os.geteuid() != 0 or subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=1536k', 'tmpfs', str(d)], capture_output=True).returncode:
         pytest.skip('needs root to mount a small tmpfs')
     yield d
     subprocess.run(['umount', '-l', str(d)], capture_output=True)

@@ -2,7 +2,7 @@
 import math
 import pytest, torch
 import torch.nn.functional as F
-from chatgot.model import GPTConfig, PRESETS, preset_config, KVCache, GPT
+from chatgot.model import ARCHS, GPTConfig, PRESETS, preset_config, KVCache, GPT
 
 V = 50
 def small(seed=0, **kw):
@@ -34,13 +34,19 @@ def test_presets():
     assert preset_config('14m').vocab_size == 8192
     assert preset_config('14m', vocab_size=300).vocab_size == 300
     assert preset_config('tiny', 65, n_layer=None, n_embd=None, dropout=0.1) == GPTConfig(
-        vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.1)
+        vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=64, dropout=0.1, **ARCHS['qwen3'])
+    assert preset_config('tiny', 65, arch='gpt2') == GPTConfig(vocab_size=65, block_size=64, n_layer=2, n_head=2, n_embd=64)
+    assert GPTConfig().arch == 'gpt2' and all(PRESETS[k]['arch'] == 'qwen3' for k in PRESETS)  # old configs read as gpt2
     with pytest.raises(ValueError, match="valid presets are: tiny, baby, 14m"): preset_config('big')
     with pytest.raises(ValueError, match="vocab_size"): preset_config('tiny')
     with pytest.raises(ValueError, match="Unknown GPTConfig field"): preset_config('tiny', 65, layers=3)
 
 def test_14m_param_count():
-    with torch.device('meta'): m = GPT(preset_config('14m'))
+    with torch.device('meta'): q = GPT(preset_config('14m'))
+    L, D, V_ = 6, 384, 8192
+    assert q.num_params() == L*(12*D*D + 2*D + 2*(D//6)) + V_*D + D  # Qwen3 block: QK-norm gains, no position table
+    assert q.num_params(non_embedding=True) == q.num_params()
+    with torch.device('meta'): m = GPT(preset_config('14m', arch='gpt2'))
     n = m.num_params()
     assert abs(n - 14_000_000) <= 500_000, n
     L, D, V_, T = 6, 384, 8192, 256

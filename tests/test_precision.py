@@ -20,9 +20,11 @@ DATA = tiny_data()
 CPU_PRECISIONS = [p for p in ('fp32', 'bf16', 'fp16') if autocast_works('cpu', p)]
 
 def learner(cbs=(), seed=0, fused=False, **kw):
-    "A tiny Learner with a plain (foreach) AdamW, or with `fused=True` a fused one (what `configure_optimizer` builds)"
+    "A tiny Learner with a plain (foreach) AdamW, with `fused=True` a fused one, with `fused='muon'` Muon + fused AdamW"
     torch.manual_seed(seed)
-    l = Learner(tiny_model(DATA), DATA, cbs=list(cbs), **{**dict(batch_size=8, seq_len=32, warmup=2, eval_batches=2), **kw})
+    l = Learner(tiny_model(DATA), DATA, cbs=list(cbs), **{**dict(batch_size=8, seq_len=32, warmup=2, eval_batches=2), **kw},
+                **(dict(optimizer='muon') if fused == 'muon' else {}))
+    if fused == 'muon': return l
     l.opt = torch.optim.AdamW([dict(params=g['params'], weight_decay=g['weight_decay']) for g in l.opt.param_groups],
                               betas=(0.9, 0.95), **(dict(fused=True) if fused else dict(foreach=True)))
     return l
@@ -55,7 +57,7 @@ def test_policy_and_bad_input():
     assert [next_precision('fp16', True), next_precision('fp16', False), next_precision('bf16', False), next_precision('fp32', True)] == \
            ['bf16', 'fp32', 'fp32', None]
 
-@pytest.mark.parametrize('fused', [False, True], ids=['adamw', 'fused'])
+@pytest.mark.parametrize('fused', [False, True, 'muon'], ids=['adamw', 'fused', 'muon'])
 @pytest.mark.parametrize('precision', CPU_PRECISIONS)
 def test_random_nonfinite_steps_are_skipped_bitwise(precision, fused):
     steps = 14
