@@ -402,6 +402,10 @@ def load_state_dict(self:Learner, sd:dict):
     "Restore what `state_dict` captured (weights are loaded separately)"
     self.step, self.tokens, self.precision = sd['step'], sd['tokens'], sd['precision']  # the micro-batch: the controller's state
     self.opt.load_state_dict(sd['optimizer'])
+    for p, st in self.opt.state.items():  # a state of another layout would crash the fused kernels, not raise
+        bad = [k for k, v in st.items() if torch.is_tensor(v) and v.dim() and v.shape != p.shape]
+        if bad: raise ValueError(f"the optimizer state does not fit this model ({bad[0]} of shape {tuple(st[bad[0]].shape)} "
+                                 f"for a parameter of shape {tuple(p.shape)})")
     self.sampler.load_state_dict(sd['sampler'])
     rngs = sd.get('rng_ranks') or [sd['rng']]
     set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else sd['rng'])
