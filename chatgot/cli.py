@@ -79,7 +79,7 @@ def _need_ckpt(ckpt):
     if not ckpt: raise ValueError("--ckpt DIR is required (a run folder or one checkpoint folder)")
     return ckpt
 
-def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoint) or one checkpoint folder (required)
+def generate_cmd(ckpt:str=None,         # a run folder (its best checkpoint by val loss) or one checkpoint folder (required)
                  prompt:str=None,       # text to continue (default: the start of a turn, the model picks the speaker)
                  max_new_tokens:int=200,# most tokens to generate
                  temperature:float=0.8, # 0 is greedy
