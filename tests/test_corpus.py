@@ -75,3 +75,25 @@ def test_small_corpus_warns_and_tiny_one_is_refused(tmp_path, capsys):
             env={'CHATGOT_CACHE': str(tmp_path/'cache')})
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and 'too short' in p.stderr, p.stderr
     assert not (tmp_path/'refused').exists()
+
+def test_overfit_event_early_stop_and_best_kept(tmp_path, capsys):
+    "2 kB seen ~50 times at a high LR: val loss turns up, an `overfit` event, the run stops there, `best` names the lowest val loss"
+    from chatgot.train import train
+    from chatgot.runs import plot_run
+    os.environ.setdefault('CHATGOT_CACHE', str(tmp_path/'cache'))
+    src = play_csv(tmp_path/'s.csv', n_bytes=2_000)
+    learn = train(out=tmp_path/'run', preset='tiny', data=str(src), steps=200, batch_size=16, eval_every=10, save_every=10,
+                  eval_batches=2, lr=0.02, device='cpu', quiet=True)
+    rows = [json.loads(l) for l in open(tmp_path/'run'/'metrics.jsonl')]
+    ev = [r for r in rows if r.get('event') == 'overfit']
+    assert len(ev) == 1 and ev[0]['stop'] is True and ev[0]['train_loss'] < ev[0]['from_train_loss'], ev
+    assert learn.interrupted == 'overfit' and learn.step < 200 and learn.step <= ev[0]['step'] + 1, learn.step
+    assert json.loads((tmp_path/'run'/'config.json').read_text())['flags']['early_stop'] is True  # > 4 epochs: on by default
+    best = (tmp_path/'run'/'checkpoints'/'best').read_text().strip()
+    assert best == f"step-{ev[0]['best_step']:07d}" and (tmp_path/'run'/'checkpoints'/best).is_dir(), best
+    assert 'overfit at step' in capsys.readouterr().err
+    assert plot_run(tmp_path/'run').is_file()
+
+def test_early_stop_flags_contradicting_is_one_line(tmp_path):
+    p = cli('train', '--early-stop', '--no-early-stop', '--preset', 'tiny', '--out', tmp_path/'r')
+    assert p.returncode == 2 and 'contradict' in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
