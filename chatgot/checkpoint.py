@@ -16,8 +16,8 @@ from .learner import Callback, CancelFitException, Learner
 # %% auto #0
 __all__ = ['FILES', 'CheckpointError', 'ckpt_name', 'sha256', 'save_checkpoint', 'recover_checkpoints', 'verify_checkpoint',
            'check_model_config', 'load_state', 'load_checkpoint', 'list_checkpoints', 'find_checkpoint',
-           'abandoned_sets', 'best_checkpoint', 'abandon_checkpoints', 'prune_checkpoints', 'CheckpointSaveError',
-           'CheckpointCallback', 'load_for_inference']
+           'abandoned_sets', 'best_checkpoint', 'mark_best', 'abandon_checkpoints', 'prune_checkpoints',
+           'CheckpointSaveError', 'CheckpointCallback', 'pick_checkpoint', 'load_for_inference']
 
 # %% ../nbs/03_checkpoint.ipynb #12d28fbc
 class CheckpointError(ValueError):
@@ -150,6 +150,13 @@ def best_checkpoint(ckpt_dir) -> Path|None:
     scored = [(v, p) for p in cands if (v := _val_loss(p)) is not None]
     return min(scored, key=lambda t: t[0])[1] if scored else None
 
+def mark_best(ckpt_dir) -> Path|None:
+    "Point `ckpt_dir/best` at the checkpoint with the lowest val loss (no pointer while none has one)"
+    ckpt_dir = Path(ckpt_dir); b = best_checkpoint(ckpt_dir)
+    if b is None: (ckpt_dir/'best').unlink(missing_ok=True)
+    else: atomic_write_text(ckpt_dir/'best', b.relative_to(ckpt_dir).as_posix() + '\n')
+    return b
+
 def abandon_checkpoints(ckpt_dir, after:int, tag:str) -> Path|None:
     "Move the checkpoints of steps after `after` to `abandoned/TAG/`; returns that folder (None if there was nothing to move)"
     later = [p for p in list_checkpoints(ckpt_dir) if int(p.name.split('-')[1]) > after]
@@ -220,8 +227,8 @@ class CheckpointCallback(Callback):
             print(f"warning: {msg}; training goes on and the next save retries", file=sys.stderr, flush=True)
             return
         self.saved_step = self.step
-        try: prune_checkpoints(self.ckpt_dir, self.keep_last)
-        except Exception as e: print(f"warning: could not delete old checkpoints ({e})", file=sys.stderr, flush=True)
+        try: prune_checkpoints(self.ckpt_dir, self.keep_last); mark_best(self.ckpt_dir)
+        except Exception as e: print(f"warning: could not delete old checkpoints or mark the best ({e})", file=sys.stderr, flush=True)
 
     def after_step(self):
         if self.rewound: self.rewound, self.saved_step = False, None; self.save()  # the restored step again, with the rewind in it
@@ -255,11 +262,33 @@ class CheckpointCallback(Callback):
             if d.main:                                        # every rank has read it (`any` waited for all)
                 moved = abandon_checkpoints(self.ckpt_dir, step, f'{tag}-to-{step}')
                 atomic_write_text(self.ckpt_dir/'latest', p.name + '\n')
+                mark_best(self.ckpt_dir)                       # the best may have moved to abandoned/
             if not load: return dict(checkpoint=p, abandoned=moved)
             k_ck, self.learn.sampler.k = self.learn.sampler.k, k_now  # skip the batches seen since the checkpoint
             self.rewound = True
             return dict(checkpoint=p, abandoned=moved, skipped=[k_ck, k_now])
         return None
+
+# %% ../nbs/03_checkpoint.ipynb #44c82a21
+def _pointed(ckpt_dir:Path, name:str) -> Path|None:
+    "The checkpoint a pointer file (`latest`, `best`) names, if it names one inside `ckpt_dir`"
+    try: rel = Path((ckpt_dir/name).read_text().strip())
+    except OSError: return None
+    return ckpt_dir/rel if rel.parts and not rel.is_absolute() and '..' not in rel.parts and (ckpt_dir/rel).is_dir() else None
+
+def pick_checkpoint(ckpt_dir, log=print) -> tuple[Path, dict, str]:
+    "The checkpoint inference uses, its meta and why: the best by val loss if it verifies, else the newest good one"
+    ckpt_dir = Path(ckpt_dir)
+    for name in recover_checkpoints(ckpt_dir): log(f"warning: {name} was left aside by a crash during a save; put back")
+    why = 'newest; no checkpoint has a val loss'
+    scored = sorted((v, p) for p in list_checkpoints(ckpt_dir) + [c for s in abandoned_sets(ckpt_dir) for c in list_checkpoints(s)]
+                    if (v := _val_loss(p)) is not None)
+    for c in dict.fromkeys(filter(None, [_pointed(ckpt_dir, 'best')] + [p for _, p in scored])):
+        try: meta = verify_checkpoint(c)
+        except CheckpointError as e: log(f"warning: {e}; trying the next best"); why = 'newest good one; no best one verifies'; continue
+        if meta.get('val_loss') is not None: return c, meta, f"best val loss {meta['val_loss']:.3f}"
+    c, meta = find_checkpoint(ckpt_dir, log=log)
+    return c, meta, why
 
 # %% ../nbs/03_checkpoint.ipynb #f635ad81
 from safetensors.torch import load_model as _load_weights
@@ -273,12 +302,13 @@ def load_for_inference(path, # a run folder, its checkpoints/ folder, or one che
     p = Path(path).expanduser()
     if not p.is_dir(): raise CheckpointError(f"--ckpt {path}: no such folder")
     log = log or (lambda m: print(m, file=sys.stderr))
-    if (p/'meta.json').exists(): ck, meta = p, verify_checkpoint(p)
-    else: ck, meta = find_checkpoint(p/'checkpoints' if (p/'checkpoints').is_dir() else p, log=log)
+    if (p/'meta.json').exists(): ck, meta, why = p, verify_checkpoint(p), 'as given'
+    else: ck, meta, why = pick_checkpoint(p/'checkpoints' if (p/'checkpoints').is_dir() else p, log=log)
+    log(f"checkpoint: {ck} ({why})")
     try: model = GPT(GPTConfig(**meta['model']))
     except (KeyError, TypeError, ValueError) as e: raise CheckpointError(f"checkpoint {ck} has an unusable model config ({e})") from None
     try: missing, unexpected = _load_weights(model, str(ck/'model.safetensors'))
     except Exception as e: raise CheckpointError(f"checkpoint {ck}: cannot load model.safetensors ({str(e).splitlines()[0][:80]})") from None
     if missing or unexpected: raise CheckpointError(f"checkpoint {ck} has different weights: missing {missing}, unexpected {unexpected}")
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    return model.to(device).eval(), load_tokenizer(ck/'tokenizer.json'), {**meta, 'path': str(ck)}
+    return model.to(device).eval(), load_tokenizer(ck/'tokenizer.json'), {**meta, 'path': str(ck), 'choice': why}

@@ -47,15 +47,19 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               compile:bool=False,   # train through torch.compile (faster after a slow first step)
               arch:str=None,        # block recipe: qwen3, llama or gpt2 (gpt2: the recipe before 01c_recipe)
               optimizer:str=None,   # muon (Muon for hidden matrices, AdamW for the rest) or adamw
+              early_stop:bool=False,# stop when val loss rises 2 evals in a row while train loss falls (default: on past 4 epochs)
+              no_early_stop:bool=False, # never stop early (the `overfit` event is still logged)
               debug:bool=False):    # show tracebacks
     "Train a GPT on a corpus, writing a run folder"
-    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend')}  # the flags, before any import adds a local
+    flags = {k: v for k, v in locals().items() if k not in ('out', 'resume', 'debug', 'no_loss_trend', 'no_early_stop')}  # the flags, before any import adds a local
+    if early_stop and no_early_stop: raise ValueError("--early-stop and --no-early-stop contradict each other: give one")
+    flags['early_stop'] = True if early_stop else False if no_early_stop else None
     from chatgot.train import train
     flags['grad_checkpoint'] = grad_checkpoint or None  # not given: the stored value on --resume
     flags['compile'] = compile or None
     flags['loss_trend'] = False if no_loss_trend else None
     learn = train(out=out, resume=resume, **flags)
-    return 130 if learn.checkpoint.interrupted else 0
+    return 130 if learn.checkpoint.interrupted and learn.checkpoint.interrupted != 'overfit' else 0  # an early stop is a finished run
 
 COMMANDS = {'train': train_cmd}
 
@@ -66,7 +70,7 @@ def train_defaults() -> dict:
     from chatgot.train import FLAGS, resolve_flags
     per = {p: resolve_flags({'preset': p, 'device': 'cpu'}) for p in PRESETS}
     out = {'out': 'runs/<timestamp>', 'device': 'auto', 'precision': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
-           'n_embd': "the preset's", 'dropout': "the preset's"}
+           'n_embd': "the preset's", 'dropout': "the preset's", 'early_stop': 'on when the run sees its training text more than 4 times'}
     for k in FLAGS:
         if k in out: continue
         vals = {p: f[k] for p, f in per.items()}
@@ -79,7 +83,7 @@ def _need_ckpt(ckpt):
     if not ckpt: raise ValueError("--ckpt DIR is required (a run folder or one checkpoint folder)")
     return ckpt
 
-def generate_cmd(ckpt:str=None,         # a run folder (its newest good checkpoint) or one checkpoint folder (required)
+def generate_cmd(ckpt:str=None,         # a run folder (its best checkpoint by val loss) or one checkpoint folder (required)
                  prompt:str=None,       # text to continue (default: the start of a turn, the model picks the speaker)
                  max_new_tokens:int=200,# most tokens to generate
                  temperature:float=0.8, # 0 is greedy

@@ -329,6 +329,7 @@ class TokenData:
     val_bytes: int
     tokenizer: Tokenizer
     source: str
+    speakers: dict|None = None  # turns per speaker, most first (None: not counted)
     @property
     def vocab_size(self) -> int: return self.tokenizer.get_vocab_size()
 
@@ -360,7 +361,7 @@ def prepare_data(src:str='builtin:shakespeare', # corpus: builtin:NAME, a file, 
     train, val = (np.load(p, mmap_mode='r') for p in paths)
     check_split(len(train), len(val), seq_len, name)
     tb = token_bytes(tok)
-    return TokenData(train, val, int(tb[train].sum()), int(tb[val].sum()), tok, str(src))
+    return TokenData(train, val, int(tb[train].sum()), int(tb[val].sum()), tok, str(src), dict(speakers(text).most_common()))
 
 # %% ../nbs/00_data.ipynb #3f2c6948
 class BatchSampler:

@@ -304,8 +304,7 @@ def export(ckpt, # a run folder (the checkpoint `chatgot generate` would use) or
     if format == 'hf' and out.exists() and not out.is_dir(): raise ExportError(f"{out} is a file: --out for hf names a folder")
     if format == 'gguf': _gguf()
     if not ckpt: raise ExportError("--ckpt DIR is required (a run folder or one checkpoint folder)")
-    model, tok, meta = load_for_inference(ckpt, device='cpu', log=log)
-    log(f"checkpoint: {meta['path']}")
+    model, tok, meta = load_for_inference(ckpt, device='cpu', log=log)  # logs `checkpoint: PATH (why)`
     model_arch(model)
     if format == 'gguf': gguf_vocab(tok, model.config.vocab_size)
     if character is None:

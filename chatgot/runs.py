@@ -41,7 +41,8 @@ def read_metrics(path) -> list[dict]:
 
 # %% ../nbs/08b_runs.ipynb #0f37ff29
 _EVENT_COLORS = dict(oom='tab:red', nonfinite='tab:pink', fallback='tab:orange', spike='tab:purple', lr_down='tab:brown',
-                     lr_up='tab:olive', rewind='black', resume='tab:gray', grow='tab:green', diverged='darkred')
+                     lr_up='tab:olive', rewind='black', resume='tab:gray', grow='tab:green', diverged='darkred',
+                     overfit='tab:blue')  # val loss rising while train loss falls (07a_overfit)
 
 def _num(v): return float(v) if isinstance(v, (int, float)) and v is not None else float('nan')
 

@@ -225,7 +225,7 @@ def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
     pairs = turn_prompts(decode(np.asarray(d.val[:200_000], dtype=np.int64).tolist(), byte_table(tok)), n_samples, seed)
     samples = generate_text(model, tok, [p for p, _ in pairs], max_new_tokens=max_new_tokens, seed=seed,
                             **{**dict(temperature=0.8), **sampling})
-    return dict(checkpoint=meta['path'], step=meta.get('step'), data=src, val_loss=val_loss, val_bpb=val_bpb, precision=prec,
+    return dict(checkpoint=meta['path'], step=meta.get('step'), choice=meta.get('choice'), data=src, val_loss=val_loss, val_bpb=val_bpb, precision=prec,
                 unknown_chars=unknown, temperature=sampling.get('temperature', 0.8),
                 samples=diversity(samples), corpus=reference_metrics(samples, [c for _, c in pairs]),
                 examples=[p + s for (p, _), s in zip(pairs, samples)])
@@ -236,7 +236,7 @@ _BETTER = dict(distinct_1='higher: more varied', distinct_2='higher: more varied
 
 def format_eval(r:dict, n_examples:int=3, width:int=160) -> str:
     "The report `chatgot eval` prints: losses, a few samples, and the diversity metrics with the direction that is better"
-    lines = [f"checkpoint {r['checkpoint']} (step {r['step']}) on {r['data']}",
+    lines = [f"checkpoint {r['checkpoint']} (step {r['step']}" + (f", {r['choice']}" if r.get('choice') else '') + f") on {r['data']}",
              f"val loss {r['val_loss']:.4f} nats/token, {r['val_bpb']:.4f} bits/byte (lower is better)", "",
              f"samples (prompt + model, {len(r['examples'])} drawn at temperature {r.get('temperature', 0.8)}, the first {min(n_examples, len(r['examples']))} shown):"]
     lines += ['  ' + ' / '.join(l.strip() for l in e.strip().splitlines() if l.strip())[:width] for e in r['examples'][:n_examples]]

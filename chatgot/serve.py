@@ -325,12 +325,11 @@ def serve(ckpt, # a run folder or one checkpoint folder
     "Serve `ckpt` with uvicorn until interrupted"
     import uvicorn
     lim = Limits(**limits)
-    model, tok, meta = load_for_inference(ckpt, device=device)
+    model, tok, meta = load_for_inference(ckpt, device=device, log=lambda m: print(m, flush=True))  # `checkpoint: PATH (why)`
     with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as sk:
         try: sk.bind((host, port))
         except OSError as e: raise ValueError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
     app = make_app(model, tok, meta, api_key=api_key, limits=lim)
-    print(f"checkpoint: {meta['path']}", flush=True)
     if not api_key and host not in ('127.0.0.1', 'localhost', '::1'):
         print(f"warning: listening on {host} without --api-key: anyone who can reach this port can use it", file=sys.stderr)
     print(f"serving on http://{host}:{port}/ (chat page), OpenAI API at http://{host}:{port}/v1; Ctrl-C stops", flush=True)

@@ -6,7 +6,7 @@ Docs: https://chatgot.github.io/chatgot/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #4b6755be
 from __future__ import annotations
-import dataclasses, json, shlex, time
+import dataclasses, json, shlex, sys, time
 from pathlib import Path
 import torch
 from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
@@ -19,14 +19,16 @@ from .runs import is_eval_row, plot_run
 from .grad_ckpt import GradCheckpointCallback
 from .learner import Callback, Learner
 from .loss_trend import LossTrendCallback
+from .overfit import OverfitCallback
 from .precision import MixedPrecision, resolve_precision
 from .sampling import SampleCallback
 from .model import ARCHS, GPT, PRESETS, preset_config
 from tokenizers import Tokenizer
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'UsageError', 'as_switch', 'as_micro_batch_size', 'resolve_flags', 'prepare_run',
-           'check_same_data', 'CompileCallback', 'run_callbacks', 'checkpoint_sizes', 'run_summary', 'train']
+__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'OVERFIT_EPOCHS', 'EARLY_STOP_EPOCHS', 'UsageError', 'as_switch', 'as_micro_batch_size',
+           'resolve_flags', 'prepare_run', 'check_same_data', 'corpus_facts', 'corpus_lines', 'CompileCallback',
+           'run_callbacks', 'checkpoint_sizes', 'run_summary', 'train']
 
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
@@ -63,7 +65,7 @@ def as_micro_batch_size(v, most:int, world:int=1) -> str|int:
 FLAGS = ('data', 'val_fraction', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
          'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile',
-         'arch', 'optimizer')
+         'arch', 'optimizer', 'early_stop')
 
 def resolve_flags(given:dict, stored:dict|None=None,
                   world:int=1) -> dict: # processes the run is split over (torchrun)
@@ -76,7 +78,7 @@ def resolve_flags(given:dict, stored:dict|None=None,
     base = dict(data='builtin:shakespeare', val_fraction=0.1, preset=preset, micro_batch_size='auto', tokenizer=p['tokenizer'],
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=1,
                 log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
-                arch=p['arch'], optimizer='muon',
+                arch=p['arch'], optimizer='muon', early_stop=None,  # early_stop None: decided from the corpus (see `corpus_facts`)
                 **TRAIN_DEFAULTS[preset])
     f = {**base, **{k: v for k, v in f.items() if v is not None}}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
@@ -99,6 +101,7 @@ def resolve_flags(given:dict, stored:dict|None=None,
         f['grad_checkpoint'] = as_switch(f['grad_checkpoint'], '--grad-checkpoint')
         f['loss_trend'] = as_switch(f['loss_trend'], 'loss_trend')
         f['compile'] = as_switch(f['compile'], '--compile')
+        if f['early_stop'] is not None: f['early_stop'] = as_switch(f['early_stop'], '--early-stop')
     except ValueError as e: raise UsageError(str(e)) from None
     return {k: f.get(k) for k in FLAGS}
 
@@ -134,6 +137,39 @@ def check_same_data(out:Path, data) -> None:
         raise UsageError(f"this run was trained on other data ({was.get('source')}, {was.get('train_tokens'):,} training tokens; "
                          f"now {now['source']}, {now['train_tokens']:,}): resume with the run's --data, or train a new --out")
 
+# %% ../nbs/10_train.ipynb #7a29ebf0
+OVERFIT_EPOCHS = 10  # more passes over the training text than this: a warning that the run will memorise it
+EARLY_STOP_EPOCHS = 4  # more passes than this: `--early-stop` is on unless given
+
+def corpus_facts(data, f:dict, n_params:int) -> dict:
+    "What the run will do with the corpus: sizes in tokens, tokens seen, epochs, tokens per parameter, top speakers"
+    n_train, n_val = len(data.train), len(data.val)
+    seen = f['steps'] * f['batch_size'] * f['seq_len']
+    sp = data.speakers or {}
+    return dict(tokens=n_train + n_val, seen_tokens=seen, epochs=round(seen / n_train, 2),
+                tokens_per_param=round(n_train / n_params, 4), params=n_params, n_speakers=len(sp),
+                speakers=dict(list(sp.items())[:10]))
+
+def corpus_lines(facts:dict, data, f:dict) -> tuple[list[str], list[str]]:
+    "The lines `train()` prints about the corpus, and its warnings"
+    info = [f"corpus {data.source}: {facts['tokens']:,} tokens ({len(data.train):,} train, {len(data.val):,} val); this run sees "
+            f"{facts['seen_tokens']:,} training tokens = {facts['epochs']:g} epochs, {facts['tokens_per_param']:.3g} tokens per "
+            f"parameter ({facts['params'] / 1e6:.2f}M parameters)"]
+    top = ', '.join(f"{k} {v:,}" for k, v in list(facts['speakers'].items())[:8])
+    info.append(f"speakers: {facts['n_speakers']:,}; most turns: {top}" if top else
+                "speakers: none (no `NAME:` turns): chat cannot play a character, generate continues the text")
+    if f.get('early_stop') is not None:
+        info.append(f"early stop: {'on' if f['early_stop'] else 'off'} (an `overfit` event is logged either way; on by default when "
+                    f"the run sees its training text more than {EARLY_STOP_EPOCHS} times, --early-stop / --no-early-stop choose)")
+    warn = []
+    if facts['epochs'] > OVERFIT_EPOCHS:
+        warn.append(f"warning: this run sees the training text {facts['epochs']:g} times (more than {OVERFIT_EPOCHS}): it will memorise it; "
+                    "the best checkpoint by val loss is kept and used, and fewer --steps or more text help")
+    if len(data.val) < f['batch_size'] * f['seq_len']:
+        warn.append(f"warning: the validation split holds {len(data.val):,} tokens, less than one batch ({f['batch_size']} × {f['seq_len']}): "
+                    "val loss will be noisy; more text or a larger --val-fraction help")
+    return info, warn
+
 # %% ../nbs/10_train.ipynb #5ebbab89
 class CompileCallback(Callback):
     "Train through `torch.compile(learn.train_model)`; evaluation, sampling and checkpoints use the eager model"
@@ -152,6 +188,7 @@ def run_callbacks(f:dict, out:Path, config:dict, quiet:bool=False) -> list:
            MicroBatchController(None if f['micro_batch_size'] == 'auto' else f['micro_batch_size'], verbose=not quiet),
            CheckpointCallback(out/'checkpoints', save_every=f['save_every'], keep_last=f['keep_last'], config=config)]
     if f['loss_trend']: cbs.append(LossTrendCallback())
+    cbs.append(OverfitCallback(stop=bool(f.get('early_stop'))))
     if f['sample_every']: cbs.append(SampleCallback(every=f['sample_every'], quiet=quiet))
     if f['compile']: cbs.append(CompileCallback())
     return cbs + ([] if quiet else [ProgressCallback()])
@@ -217,6 +254,13 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
                   data=dict(source=data.source, train_tokens=len(data.train), val_tokens=len(data.val),
                             train_bytes=data.train_bytes, val_bytes=data.val_bytes))
     if d.world > 1: config['processes'] = d.world
+    facts = corpus_facts(data, f, model.num_params())
+    if f['early_stop'] is None: f['early_stop'] = facts['epochs'] > EARLY_STOP_EPOCHS
+    config['data'].update(facts)
+    if d.main:
+        info, warn = corpus_lines(facts, data, f)
+        if not quiet: print('\n'.join(info), flush=True)
+        for w in warn: print(w, file=sys.stderr, flush=True)
     mine = {type(c) for c in cbs}  # a callback passed in `cbs` replaces the default of its type
     default = run_callbacks(f, out, config, quiet or not d.main) + ([DDPCallback()] if d.world > 1 else [])
     default = [c for c in default if type(c) not in mine and (d.main or not isinstance(c, SampleCallback))]
