@@ -30,7 +30,7 @@ def val_loss(model, data, batches=None, B=64, T=64):
 
 def plain(data, steps, seed=0):
     torch.manual_seed(seed)
-    m = GPT(preset_config('baby', vocab_size=data.vocab_size))
+    m = GPT(preset_config('baby', vocab_size=data.vocab_size, arch='gpt2'))  # nanoGPT's block
     ps = [p for p in m.parameters()]
     opt = torch.optim.AdamW([dict(params=[p for p in ps if p.dim() >= 2], weight_decay=0.1),
                              dict(params=[p for p in ps if p.dim() < 2], weight_decay=0.0)], lr=1e-3, betas=(0.9, 0.99), foreach=True)

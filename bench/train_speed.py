@@ -38,9 +38,9 @@ def _rate(ends, B, T):
     return B * T * (len(ends) - 1) / (ends[-1] - ends[0])
 
 def loop(preset, B, T, V, steps, fast:bool):
-    "plain (fp32, foreach AdamW) or bare (train()'s precision and fused AdamW), no callbacks"
+    "plain (nanoGPT's GPT-2 block, fp32, foreach AdamW) or bare (train()'s precision and fused AdamW), no callbacks"
     torch.manual_seed(0)
-    m = GPT(preset_config(preset, vocab_size=V))
+    m = GPT(preset_config(preset, vocab_size=V, arch=None if fast else 'gpt2'))
     opt = m.configure_optimizer(1e-3) if fast else torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), foreach=True)
     ac = autocast_for(resolve_precision('auto', 'cpu') if fast else 'fp32', 'cpu')
     g = torch.Generator().manual_seed(0)
@@ -69,7 +69,7 @@ def pipeline(preset, B, T, V, steps, compile:bool):
         for c in cbs:
             if type(c).__name__ == 'CheckpointCallback': c.handle_signals = False
         t = StepEnds()
-        l = Learner(m, data, cbs=cbs + [t], lr=1e-3, batch_size=B, seq_len=T, eval_batches=1, warmup=10, out=d)
+        l = Learner(m, data, cbs=cbs + [t], lr=1e-3, optimizer=f['optimizer'], batch_size=B, seq_len=T, eval_batches=1, warmup=10, out=d)
         l.fit(steps + 1)
     return _rate(t.ends, B, T), t.ends[0] - t.ends[0]
 
