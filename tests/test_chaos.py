@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from chaos_child import FLAGS, STEPS
 
-N_RUNS = int(os.environ.get('CHATGOT_CHAOS_RUNS', '6'))
+N_RUNS = int(os.environ.get('CHATGOT_CHAOS_RUNS', '4'))
 START = int(os.environ.get('CHATGOT_CHAOS_START', '0'))  # schedule number of the first run (the long version in parts)
 MATH = ['oom_fwd', 'oom_bwd', 'oom_clip', 'oom_opt', 'oom_eval', 'oom_sample', 'nan', 'inf', 'spike']
 NEUTRAL = ['observer']
