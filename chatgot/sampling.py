@@ -229,7 +229,7 @@ def pick_speaker(name:str, speakers:dict, src:str, top:int=8) -> str:
 def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
                         data:str|None=None, # corpus to evaluate on (default: the run's --data)
                         n_samples:int=8, max_new_tokens:int=128, eval_batches:int=20,
-                        seed:int=0, device=None, log=None, # where the checkpoint line and the warnings go (default stderr)
+                        seed:int=0, device=None, log=None, # where the unknown-characters warning goes (default stderr)
                         as_name:str|None=None, # sample this character: every prompt is its `NAME:` line
                         top_speakers:int=8, speaker_tokens:int=50_000, # per-speaker losses: how many speakers, most tokens measured
                         **sampling) -> dict:
@@ -244,9 +244,9 @@ def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
         seq_len = min(flags.get('seq_len') or model.config.block_size, model.config.block_size)
         d = prepare_data(src, seq_len=seq_len, val_frac=flags.get('val_fraction') or 0.1,  # the run's own split (old runs: their seeded one)
                          split_seed=None if flags.get('val_fraction') else flags.get('seed') or 0, tokenizer_path=Path(meta['path'])/'tokenizer.json')
-    except Exception: [log(m) for m in said]; raise
+    except Exception: [print(m, file=sys.stderr) for m in said]; raise
     name = pick_speaker(as_name, d.speakers or {}, src) if as_name else None
-    for m in said: log(m)
+    for m in said: print(m, file=sys.stderr)
     unk_id, unknown = tok.token_to_id('<unk>'), 0
     if unk_id is not None: unknown = int((np.asarray(d.train) == unk_id).sum() + (np.asarray(d.val) == unk_id).sum())
     if unknown: log(
