@@ -130,11 +130,13 @@ chat_cmd.rename = {'as_name': '--as'}  # `as` is a Python keyword: the parameter
 
 def eval_cmd(ckpt:str=None, # a run folder or one checkpoint folder (required)
              data:str=None, # corpus to evaluate on (default: the run's --data)
+             as_name:str=None, # sample this character (prompts end with its `NAME:` line)
              debug:bool=False): # show tracebacks
-    "Print validation loss, bits per byte, a few samples, and their diversity metrics next to the corpus's own"
+    "Print validation loss, bits per byte, samples with their diversity and memorisation next to the corpus's own, and the loss per speaker"
     from chatgot.sampling import evaluate_checkpoint, format_eval
-    print(format_eval(evaluate_checkpoint(_need_ckpt(ckpt), data)))
+    print(format_eval(evaluate_checkpoint(_need_ckpt(ckpt), data, as_name=as_name)))
     return 0
+eval_cmd.rename = {'as_name': '--as'}
 
 COMMANDS.update(generate=generate_cmd, chat=chat_cmd, eval=eval_cmd)
 

@@ -20,8 +20,8 @@ from .precision import autocast_for, autocast_works
 
 # %% auto #0
 __all__ = ['words', 'ngrams', 'distinct_n', 'bleu', 'self_bleu', 'seq_rep_n', 'rep_l', 'diversity', 'turn_prompts', 'cut_words',
-           'reference_metrics', 'unigram_bpb', 'loss_temperature', 'SampleCallback', 'eval_loss', 'evaluate_checkpoint',
-           'format_eval']
+           'reference_metrics', 'unigram_bpb', 'loss_temperature', 'SampleCallback', 'copy_metrics', 'eval_loss',
+           'pick_speaker', 'evaluate_checkpoint', 'format_eval']
 
 # %% ../nbs/09a_sampling.ipynb #756b6929
 _word_re = re.compile(r"[\w']+|[^\w\s]")
@@ -73,13 +73,18 @@ def diversity(texts) -> dict:
                 rep_16=mean([rep_l(w, 16) for w in ws]), mean_len=mean([len(w) for w in ws]))
 
 # %% ../nbs/09a_sampling.ipynb #960cd91f
-def turn_prompts(text:str, n:int, seed:int=0, max_chars:int=4000) -> list[tuple[str, str]]:
+def turn_prompts(text:str, n:int, seed:int=0, max_chars:int=4000,
+                 speaker:str|None=None, # every prompt is this speaker's `NAME:` line (continuations: their own turns, if `text` has any)
+                ) -> list[tuple[str, str]]:
     "`n` seeded (prompt, true continuation) pairs from dialogue `text`: prompt = a turn's `NAME:` line"
-    starts = [(m.start(), m.end()) for m in turn_re.finditer(text)]
+    ms = list(turn_re.finditer(text))
+    if speaker: ms = [m for m in ms if m.group(1) == speaker] or ms
+    starts = [(m.start(), m.end()) for m in ms]
     if not starts: starts = [(m.end(), m.end()) for m in re.finditer(r'\n', text[:-1])] # plain text: line starts, empty prompt
     if not starts: raise ValueError("the text has no turns or lines to take prompts from")
     pick = np.random.default_rng(seed).choice(len(starts), n, replace=len(starts) < n)
-    return [(text[starts[i][0]:starts[i][1]] or DEFAULT_PROMPT, text[starts[i][1]:starts[i][1] + max_chars]) for i in pick]
+    head = lambda i: f"{speaker}:\n" if speaker else text[starts[i][0]:starts[i][1]] or DEFAULT_PROMPT
+    return [(head(i), text[starts[i][1]:starts[i][1] + max_chars]) for i in pick]
 
 def cut_words(text:str, k:int) -> str:
     "The start of `text` holding its first `k` words"
@@ -135,6 +140,8 @@ class SampleCallback(Callback):
         self.pairs = turn_prompts(decode(np.asarray(self.data.val[:200_000], dtype=np.int64).tolist(), byte_table(tok)), self.n, self.seed)
         self.unigram = unigram_bpb(self.data.train, tb)
         self.bytes_per_token = self.data.train_bytes / max(1, len(self.data.train))
+        from chatgot.quality import TrainIndex, tokens_text  # quality builds on this module's `words`
+        self.index = TrainIndex(tokens_text(self.data.train, tok))  # once per run: every sampling looks its copies up in it
 
     def after_step(self):
         if not self.every or self.step % self.every: return
@@ -157,6 +164,12 @@ def current_bpb(self:SampleCallback) -> tuple[float|None, str]:
         if loss is not None and math.isfinite(loss := float(loss)): return loss / math.log(2) / self.bytes_per_token, src  # one read, at a sampling step only
     return None, 'none'
 
+def copy_metrics(texts, index) -> dict:
+    "The memorisation figures a samples row logs: share of word 8-grams found in training, longest copy in characters"
+    from chatgot.quality import memorisation
+    m = memorisation(texts, index)
+    return dict(copied_8grams=m['ngram_share'], longest_copy=m['longest'])
+
 @patch
 def sample(self:SampleCallback) -> dict:
     "Sample now, write the row and the progress line; return the row"
@@ -173,15 +186,17 @@ def sample(self:SampleCallback) -> dict:
                                                        generator=g, trim='word', temperature=t, top_k=self.top_k, top_p=self.top_p),
                                  'sample', tries=8, shrink=halve)
     prompts = prompts[:len(texts)]
+    refs = [cut_words(c, len(words(s))) for s, c in zip(texts, (c for _, c in self.pairs))]
     row = dict(step=self.step, tokens=self.tokens, temperature=t, bpb=bpb, bpb_source=src,
                samples=[dict(prompt=p, text=s) for p, s in zip(prompts, texts)],
-               metrics=diversity(texts), reference=reference_metrics(texts, [c for _, c in self.pairs[:len(texts)]]))
+               metrics=diversity(texts) | copy_metrics(texts, self.index), reference=diversity(refs) | copy_metrics(refs, self.index))
     self.rows.append(row)
     if self.path:
         with open(self.path, 'a') as f: f.write(jsonl_line(row))
     if not self.quiet:
         mt, first = row['metrics'], (prompts[0] + texts[0]).strip().replace('\n', ' / ')
-        tqdm.write(f"sample step {self.step} T={t:.2f} distinct-2 {mt['distinct_2']:.2f} seq-rep-4 {mt['seq_rep_4']:.2f} | {first[:100]}",
+        tqdm.write(f"sample step {self.step} T={t:.2f} distinct-2 {mt['distinct_2']:.2f} seq-rep-4 {mt['seq_rep_4']:.2f} "
+                   f"copied-8 {mt['copied_8grams']:.2f} | {first[:100]}",
                    file=self.file or sys.stderr)
     return row
 
@@ -202,46 +217,85 @@ def _precision(ckpt_path, device) -> str:
     p = load_state(ckpt_path).get('precision') or 'fp32'
     return p if p == 'fp32' or autocast_works(device, p) else 'fp32'
 
+def pick_speaker(name:str, speakers:dict, src:str, top:int=8) -> str:
+    "The corpus's spelling of speaker `name` (any case, spaces folded); a one-line `ValueError` listing the top speakers if it has none"
+    want = ' '.join(name.replace(':', ' ').split())
+    for s in speakers:
+        if s == want or s.upper() == want.upper(): return s
+    if not speakers: raise ValueError(f"--as {name}: {src} has no speakers (no `NAME:` turns), so there is no character to play")
+    best = ', '.join(f"{s} ({n})" for s, n in list(speakers.items())[:top])
+    raise ValueError(f"--as {name}: no speaker of that name in {src}; top speakers (turns): {best}")
+
 def evaluate_checkpoint(ckpt, # a run folder or one checkpoint folder
                         data:str|None=None, # corpus to evaluate on (default: the run's --data)
                         n_samples:int=8, max_new_tokens:int=128, eval_batches:int=20,
                         seed:int=0, device=None, log=None, # where the unknown-characters warning goes (default stderr)
+                        as_name:str|None=None, # sample this character: every prompt is its `NAME:` line
+                        top_speakers:int=8, speaker_tokens:int=50_000, # per-speaker losses: how many speakers, most tokens measured
                         **sampling) -> dict:
-    "Validation loss and bits per byte, and the diversity metrics of samples next to the corpus's own"
-    model, tok, meta = load_for_inference(ckpt, device)
-    flags = (meta.get('config') or {}).get('flags') or {}
-    src = data or flags.get('data')
-    if not src: raise ValueError(f"checkpoint {meta['path']} does not record its corpus: pass --data")
-    seq_len = min(flags.get('seq_len') or model.config.block_size, model.config.block_size)
-    d = prepare_data(src, seq_len=seq_len, val_frac=flags.get('val_fraction') or 0.1,  # the run's own split (old runs: their seeded one)
-                     split_seed=None if flags.get('val_fraction') else flags.get('seed') or 0, tokenizer_path=Path(meta['path'])/'tokenizer.json')
+    "Validation loss and bits per byte, diversity and memorisation of samples next to the corpus's own, and the loss per speaker"
+    from chatgot.quality import TrainIndex, mark_copies, memorisation, speaker_losses, tokens_text
+    log, said = log or (lambda m: print(m, file=sys.stderr)), []
+    model, tok, meta = load_for_inference(ckpt, device, log=said.append)  # its line waits: a bad --as is the only line
+    try:
+        flags = (meta.get('config') or {}).get('flags') or {}
+        src = data or flags.get('data')
+        if not src: raise ValueError(f"checkpoint {meta['path']} does not record its corpus: pass --data")
+        seq_len = min(flags.get('seq_len') or model.config.block_size, model.config.block_size)
+        d = prepare_data(src, seq_len=seq_len, val_frac=flags.get('val_fraction') or 0.1,  # the run's own split (old runs: their seeded one)
+                         split_seed=None if flags.get('val_fraction') else flags.get('seed') or 0, tokenizer_path=Path(meta['path'])/'tokenizer.json')
+    except Exception: [print(m, file=sys.stderr) for m in said]; raise
+    name = pick_speaker(as_name, d.speakers or {}, src) if as_name else None
+    for m in said: print(m, file=sys.stderr)
     unk_id, unknown = tok.token_to_id('<unk>'), 0
     if unk_id is not None: unknown = int((np.asarray(d.train) == unk_id).sum() + (np.asarray(d.val) == unk_id).sum())
-    if unknown: (log or (lambda m: print(m, file=sys.stderr)))(
+    if unknown: log(
         f"warning: {unknown:,} characters of {src} ({100 * unknown / (len(d.train) + len(d.val)):.2g} %) are not in the model's "
         "vocabulary: they are read as <unk>, and the loss on them means little")
     prec = _precision(meta['path'], model.lm_head.weight.device)
     val_loss, val_bpb = eval_loss(model, d, flags.get('batch_size') or 8, seq_len, eval_batches, prec)
-    pairs = turn_prompts(decode(np.asarray(d.val[:200_000], dtype=np.int64).tolist(), byte_table(tok)), n_samples, seed)
+    val_text = tokens_text(d.val, tok)
+    pairs = turn_prompts(val_text, n_samples, seed, speaker=name)
     samples = generate_text(model, tok, [p for p, _ in pairs], max_new_tokens=max_new_tokens, seed=seed,
                             **{**dict(temperature=0.8), **sampling})
+    index = TrainIndex(tokens_text(d.train, tok))
+    refs = [cut_words(c, len(words(s))) for s, c in zip(samples, (c for _, c in pairs))]
+    top = [s for s in list(d.speakers or {})[:top_speakers]]
+    if name and name not in top: top.append(name)
     return dict(checkpoint=meta['path'], step=meta.get('step'), choice=meta.get('choice'), data=src, val_loss=val_loss, val_bpb=val_bpb, precision=prec,
-                unknown_chars=unknown, temperature=sampling.get('temperature', 0.8),
-                samples=diversity(samples), corpus=reference_metrics(samples, [c for _, c in pairs]),
-                examples=[p + s for (p, _), s in zip(pairs, samples)])
+                unknown_chars=unknown, temperature=sampling.get('temperature', 0.8), as_name=name,
+                samples=diversity(samples), corpus=diversity(refs),
+                examples=[p + s for (p, _), s in zip(pairs, samples)],
+                memorisation=dict(samples=memorisation(samples, index), corpus=memorisation(refs, index), validation=memorisation(val_text, index)),
+                marked=[p + mark_copies(s, index) for (p, _), s in zip(pairs, samples)], train_words=index.n_words,
+                speakers=speaker_losses(model, d.val, tok, top=top, max_tokens=speaker_tokens, seq_len=seq_len, precision=prec) if top else [])
 
 # %% ../nbs/09a_sampling.ipynb #7bec36f9
 _BETTER = dict(distinct_1='higher: more varied', distinct_2='higher: more varied', distinct_3='higher: more varied',
                self_bleu='lower: more varied', seq_rep_4='lower: less repetitive', rep_16='lower: less repetitive')
 
 def format_eval(r:dict, n_examples:int=3, width:int=160) -> str:
-    "The report `chatgot eval` prints: losses, a few samples, and the diversity metrics with the direction that is better"
+    "The report `chatgot eval` prints: losses, a few samples, diversity and memorisation next to the corpus's own, loss per speaker"
+    from chatgot.quality import format_memorisation, format_speakers
+    one = lambda e: ' / '.join(l.strip() for l in e.strip().splitlines() if l.strip())[:width]
+    mem, shown = r.get('memorisation'), list(range(len(r['examples'])))
+    if mem: shown.sort(key=lambda i: -r['marked'][i].count('«'))  # the samples with copies first: the marks show them
     lines = [f"checkpoint {r['checkpoint']} (step {r['step']}" + (f", {r['choice']}" if r.get('choice') else '') + f") on {r['data']}",
              f"val loss {r['val_loss']:.4f} nats/token, {r['val_bpb']:.4f} bits/byte (lower is better)", "",
-             f"samples (prompt + model, {len(r['examples'])} drawn at temperature {r.get('temperature', 0.8)}, the first {min(n_examples, len(r['examples']))} shown):"]
-    lines += ['  ' + ' / '.join(l.strip() for l in e.strip().splitlines() if l.strip())[:width] for e in r['examples'][:n_examples]]
+             f"samples (prompt + model, {len(r['examples'])} drawn at temperature {r.get('temperature', 0.8)}"
+             + (f" as {r['as_name']}" if r.get('as_name') else '') + f", {min(n_examples, len(shown))} shown"
+             + (", copies of the training text in «»):" if mem else "):")]
+    lines += ['  ' + one((r['marked'] if mem else r['examples'])[i]) for i in shown[:n_examples]]
     lines += ["", f"{'metric':12s} {'samples':>8s} {'corpus':>8s}  better (up to the corpus's value)"]
     lines += [f"{k:12s} {r['samples'][k]:8.3f} {r['corpus'][k]:8.3f}  {_BETTER[k]}" for k in _BETTER if k in r['samples']]
     lines.append("corpus: the true continuations of the same prompts, cut to each sample's length; "
                  "far beyond the corpus's value is noise, not variety")
+    if mem:
+        lines += ["", f"memorisation: word 8-grams found verbatim in the training text ({r.get('train_words', 0):,} words); lower is less copied"]
+        lines += ['  ' + l for l in format_memorisation({'samples': mem['samples'], 'corpus': mem['corpus'], 'val text': mem['validation']})]
+        lines.append("corpus: the same continuations as above; val text: the whole validation split, the corpus's own overlap with "
+                     "training (samples far above it are reciting)")
+    if r.get('speakers'):
+        lines += ["", "val loss per speaker (tokens of their speeches in the validation split; lower is better):"]
+        lines += ['  ' + l for l in format_speakers(r['speakers'])]
     return '\n'.join(lines)
