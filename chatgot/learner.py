@@ -92,6 +92,7 @@ class Learner:
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
         self.step, self.tokens, self.precision, self.oom, self.fatal, self.val_step = 0, 0, 'fp32', None, None, None
         self.stop_asked = self.interrupted = None  # see `request_stop`
+        self.save_every = self.saved_step = None   # the checkpoint callback's: see `save_due`
         self.drop_step = self._no_drop = torch.zeros((), device=self.device)  # see `drop`
         self.autocast = torch.autocast(self.device.type, enabled=False)
         self.cbs = []
@@ -126,6 +127,16 @@ class Learner:
     def log_every(self) -> int:
         "Steps between metric rows: the interval at which callbacks read their device values too"
         return self.recorder.log_every
+
+    @property
+    def logged_rows(self) -> list:
+        "Every row this learner has logged (steps, evals, events), oldest first"
+        return self.recorder.rows
+
+    @property
+    def metrics_path(self) -> Path|None:
+        "The run's `metrics.jsonl` (None without a run folder)"
+        return self.out/'metrics.jsonl' if self.out else None
 
     def say(self, msg:str):
         "One line for the user on the progress bar's stream (stderr by default) that does not break the bar; rank 0 only"
@@ -323,6 +334,12 @@ def evaluate(self:Learner):
 def eval_due(self:Learner) -> bool:
     "Is an evaluation due after the step just ended?"
     return self.step == self.n_steps or bool(self.eval_every and self.step % self.eval_every == 0)
+
+@patch
+def save_due(self:Learner) -> bool:
+    "Is a checkpoint due after the step just ended? (`learn.save_every`: None without a checkpoint callback, 0: at the end only)"
+    return bool(self.save_every and self.step % self.save_every == 0)
+
 
 @patch
 def _fit(self:Learner):
