@@ -19,7 +19,8 @@ from .eta import EtaEstimator, StepTimer, due_count
 
 # %% auto #0
 __all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'ScriptedLearner', 'noisy',
-           'InjectSpikes', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps', 'synthetic_trace']
+           'InjectSpikes', 'InjectNonFinite', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps',
+           'synthetic_trace']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -125,6 +126,18 @@ class InjectSpikes(Callback):
     def after_loss(self):
         f = self.at.get(self.learn.sampler.k)
         if isinstance(f, (int, float)): self.learn.loss = self.loss * f
+
+# %% ../nbs/90_test_utils.ipynb #4b28640d
+class InjectNonFinite(Callback):
+    "Make the loss or a gradient NaN/Inf at chosen steps, for checks and demos"
+    order = -20
+    def __init__(self, loss_at:dict|None=None, # {step: 'nan' | 'inf' | '-inf'}, steps counted from 1
+                 grad_at:dict|None=None):      # the same, for the first parameter's gradient
+        self.loss_at, self.grad_at = loss_at or {}, grad_at or {}
+    def after_loss(self):
+        if v := self.loss_at.get(self.step + 1): self.learn.loss = self.loss + float(v)
+    def after_backward(self):
+        if v := self.grad_at.get(self.step + 1): next(self.model.parameters()).grad.view(-1)[0] = float(v)
 
 # %% ../nbs/90_test_utils.ipynb #9278ddf9
 class InjectOOM(Callback):
