@@ -86,6 +86,16 @@ class ScriptedLearner:
         for cb in self.cbs: getattr(cb, ev, lambda: None)()
     def set_lr(self, lr): self.cur_lr = lr
     def log(self, event, **info): self.recorder.event(event, **info)
+    @property
+    def skips_on_device(self) -> bool: return getattr(getattr(self, 'opt', None), '_step_supports_amp_scaling', False)
+    def drop(self, flag):
+        "The Learner's `drop`: a fused optimizer (a check may set `opt`) skips on the device, else a flagged step is cancelled now"
+        if not self.skips_on_device and bool(flag): raise CancelStepException()
+
+    def rewind(self, last_good:int, tag:str, load:bool=True):
+        "The Learner's `rewind` without a checkpoint callback: no checkpoint to go back to"
+        return None
+
     def state_dict(self): return {'step': self.step}
     @property
     def events(self): return [r for r in self.recorder.rows if 'event' in r]
