@@ -347,8 +347,8 @@ def _fit(self:Learner):
     while self.step < self.n_steps:
         self.drop_step = self._no_drop
         self._with_events(self._do_step, 'step', CancelStepException, self._end_step)
-        if self.interrupted: raise CancelFitException()  # a stop request ends the fit here (the checkpoint callback saved first)
-        if self.eval_due(): self.evaluate()
+        if not self.interrupted and self.eval_due(): self.evaluate()
+        if self.interrupted: raise CancelFitException()  # a stop request, in the step or in its eval (an early stop), ends the fit here
 
 @patch
 def _finally_fit(self:Learner):
