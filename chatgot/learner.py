@@ -6,60 +6,22 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
-import math, random, sys
+import math, sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-import numpy as np
 import torch
 from fastcore.basics import noop, patch
 from tqdm.auto import tqdm
 from .data import BatchSampler, TokenData, eval_batches, token_bytes
-from .optim import make_optimizer
+from .optim import lr_at, make_optimizer
 from .callback import (EVENTS, CancelEvalException, CancelFitException, CancelStepException, Callback, Recorder,
                               jsonl_line, keep_rows_upto, read_jsonl)  # the last three: re-exported for older imports
 from .memory import OutOfMemoryStop, current_memory, is_oom, peak_memory, release_memory, reset_peak_memory
+from .process import SingleProcess, get_rng_state, set_rng_state
+
 
 # %% auto #0
-__all__ = ['lr_at', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner']
-
-# %% ../nbs/02_learner.ipynb #7fe47ac4
-def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> float:
-    "Warmup + cosine learning rate for optimizer update number `step` (0-based)"
-    if step < warmup: return lr * (step + 1) / warmup
-    if step >= total: return lr * min_lr_frac
-    p = (step - warmup) / max(1, total - warmup)
-    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
-
-# %% ../nbs/02_learner.ipynb #92dc42d2
-def get_rng_state() -> dict:
-    "Every RNG state as tensors and plain Python values"
-    v, st, pos, g, c = np.random.get_state()
-    s = {'python': list(random.getstate()[1]), 'python_gauss': random.getstate()[2],
-         'numpy': torch.from_numpy(st.astype(np.int64)), 'numpy_pos': int(pos),
-         'numpy_gauss': [int(g), float(c)], 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
-    return s
-
-def set_rng_state(s:dict):
-    "Restore what `get_rng_state` captured"
-    random.setstate((3, tuple(s['python']), s['python_gauss']))
-    g, c = s['numpy_gauss']
-    np.random.set_state(('MT19937', s['numpy'].numpy().astype(np.uint32), s['numpy_pos'], int(g), c))
-    torch.set_rng_state(s['torch'])
-    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-
-# %% ../nbs/02_learner.ipynb #0aefa51f
-class SingleProcess:
-    "The default `learn.dist`: one process agrees with itself (`chatgot.distributed.Ranks` does it across ranks)"
-    rank, local_rank, world, main = 0, 0, 1, True  # `main`: the process that writes files (rank 0)
-    def any(self, flag) -> bool: "Is `flag` true on any rank?"; return bool(flag)
-    def max(self, values) -> list: "Element-wise maximum over the ranks of host numbers"; return list(values)
-    def sum(self, values) -> list: "Element-wise sum over the ranks of host numbers"; return list(values)
-    def gather(self, obj) -> list: "Every rank's `obj`, in rank order"; return [obj]
-    def on_main(self, f, *args, **kwargs): "`f(*args, **kwargs)` run by rank 0 alone; every rank gets its result (or its error)"; return f(*args, **kwargs)
-    def barrier(self): "Wait until every rank is here"
-    def seed(self, seed:int, step:int=0): "Give ranks other than 0 a torch RNG stream of their own (nothing to do on one process)"
-    def __repr__(self): return f'{type(self).__name__}(rank={self.rank}, world={self.world})'
+__all__ = ['Learner']
 
 # %% ../nbs/02_learner.ipynb #61515be8
 class Learner:
