@@ -147,7 +147,8 @@ class LivePlot:
         self.handle.display(self._png(self.history))
     def _png(self, rows):
         from IPython.display import Image
-        b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=80)
+        b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=100)
+
         return Image(data=b.getvalue())
     def update(self, rows, force:bool=False):
         if not force and time.perf_counter() - self.t < self.every_s: return

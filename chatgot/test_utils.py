@@ -18,9 +18,9 @@ from tqdm.std import tqdm as tqdm_text
 from .eta import EtaEstimator, StepTimer, due_count
 
 # %% auto #0
-__all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'ScriptedLearner', 'noisy',
-           'InjectSpikes', 'InjectNonFinite', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps',
-           'synthetic_trace']
+__all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'plain_figures', 'ScriptedLearner',
+           'noisy', 'InjectSpikes', 'InjectNonFinite', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors',
+           'eta_jumps', 'synthetic_trace']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -60,6 +60,16 @@ def skip_slow_cells():
     except ImportError: return
     ip = get_ipython()
     if ip is not None and _skip_slow not in ip.input_transformers_cleanup: ip.input_transformers_cleanup.append(_skip_slow)
+
+# %% ../nbs/90_test_utils.ipynb #6eb039f9
+def plain_figures(dpi:int=100):
+    "Figures at `dpi` dots per inch, inline ones as plain PNGs (nbdev's runner asks for 'retina': 4x the pixels and bytes)"
+    import matplotlib as mpl
+    mpl.rcParams['figure.dpi'] = dpi
+    try: from IPython import get_ipython; from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError: return
+    if get_ipython() is not None: set_matplotlib_formats('png')
+
 
 # %% ../nbs/90_test_utils.ipynb #db03a8be
 class _Rows:
