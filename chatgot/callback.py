@@ -88,7 +88,8 @@ class Recorder(Callback):
         self.resumed_from, self.write_failed = None, False
 
     def before_fit(self):
-        self.path = self.learn.out/'metrics.jsonl' if self.learn.out else None
+        self.path = self.learn.metrics_path
+
         if self.path and self.path.exists(): keep_rows_upto(self.path, self.step)
         if self.resumed_from is not None: self.event('resume', tokens=self.tokens)
         self.t_last, self.step_last = time.perf_counter(), self.step

@@ -190,14 +190,15 @@ class CheckpointCallback(Callback):
     order = 90
     def __init__(self, ckpt_dir, save_every:int=0, keep_last:int=3, config:dict|None=None, handle_signals:bool=True):
         self.ckpt_dir, self.save_every, self.keep_last, self.config = Path(ckpt_dir), save_every, keep_last, config
-        self.handle_signals, self.signalled, self.saved_step, self.rewound = handle_signals, None, None, False
+        self.handle_signals, self.signalled, self.rewound = handle_signals, None, False
         self._old = {}  # signal handlers to give back (safe in `finally_fit` even if `before_fit` never ran)
 
     def before_fit(self):
         if self.dist.main:
             for t in self.ckpt_dir.glob('.tmp-*'): shutil.rmtree(t, ignore_errors=True)  # left by a killed save
             recover_checkpoints(self.ckpt_dir)
-        self.saved_step, self._old = self.step, {}
+        self.learn.save_every, self.learn.saved_step = self.save_every, self.step  # published: see `Learner.save_due`
+        self._old = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM): self._old[s] = signal.signal(s, self._on_signal)
 
@@ -213,9 +214,9 @@ class CheckpointCallback(Callback):
 
     def save(self, final:bool=False):
         "Save this step; a failed save is an event and a warning (the next interval retries), or an error if `final`"
-        if self.saved_step == self.step: return
+        if self.learn.saved_step == self.step: return
         self.learn.flush_log()
-        if not self.dist.main: self.learn.state_dict(); self.saved_step = self.step; return  # this rank's part of rank 0's save
+        if not self.dist.main: self.learn.state_dict(); self.learn.saved_step = self.step; return  # this rank's part of rank 0's save
         try: save_checkpoint(self.learn, self.ckpt_dir, self.config)
         except Exception as e:  # a full disk is an OSError from Python, a SafetensorError or a RuntimeError from torch.save
             try: good = find_checkpoint(self.ckpt_dir, log=lambda m: None)[0].name
@@ -226,18 +227,18 @@ class CheckpointCallback(Callback):
             if final: raise CheckpointSaveError(msg) from None
             print(f"warning: {msg}; training goes on and the next save retries", file=sys.stderr, flush=True)
             return
-        self.saved_step = self.step
+        self.learn.saved_step = self.step
         try: prune_checkpoints(self.ckpt_dir, self.keep_last); mark_best(self.ckpt_dir)
         except Exception as e: print(f"warning: could not delete old checkpoints or mark the best ({e})", file=sys.stderr, flush=True)
 
     def after_step(self):
-        if self.rewound: self.rewound, self.saved_step = False, None; self.save()  # the restored step again, with the rewind in it
-        due = self.save_every and self.step % self.save_every == 0
-        if due and not self.learn.eval_due(): self.save()
+        if self.rewound: self.rewound, self.learn.saved_step = False, None; self.save()  # the restored step again, with the rewind in it
+        if self.learn.save_due() and not self.learn.eval_due(): self.save()
         if self.learn.interrupted: self.save(final=True); raise CancelFitException()
 
     def after_eval(self):
-        if self.save_every and self.step % self.save_every == 0: self.save()
+        if self.learn.save_due(): self.save()
+
 
     def after_fit(self): self.save(final=True)
     def finally_fit(self):  # after a crash too: the run's signal handlers never outlive it

@@ -15,7 +15,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from fastcore.basics import patch
 from .data import BatchSampler
-from .learner import Callback, SingleProcess
+from .learner import Callback
+from .process import SingleProcess
+
 
 # %% auto #0
 __all__ = ['TorchrunEnv', 'torchrun_env', 'Ranks', 'distributed', 'launch', 'RankSampler', 'grad_buckets', 'all_reduce_grads',

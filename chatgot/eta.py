@@ -240,13 +240,8 @@ class EtaCallback(Callback):
 
 # %% ../nbs/08_eta.ipynb #b255bde8
 @patch
-def _save_due(self:EtaCallback) -> bool:
-    ck = getattr(self.learn, 'checkpoint', None)
-    return bool(ck is not None and ck.save_every and self.step % ck.save_every == 0)
-
-@patch
 def after_step(self:EtaCallback):
-    pause, mbs = self.learn.eval_due() or self._save_due(), self.micro_batch_size
+    pause, mbs = self.learn.eval_due() or self.learn.save_due(), self.micro_batch_size
     if pause or self.timer.wants_cut(self.step, mbs):
         sync(self.device)
         now = time.perf_counter()
@@ -261,8 +256,7 @@ def after_eval(self:EtaCallback):
 
 @patch
 def _end_pause(self:EtaCallback):
-    ck = getattr(self.learn, 'checkpoint', None)
-    saved = ck is not None and ck.saved_step == self.step
+    saved = self.learn.saved_step == self.step  # the checkpoint callback saved after this step: the rest of the pause is the save's
     parts = {'eval': self.eval_s} if self.eval_t0 is not None else {}
     rest = 'save' if saved else 'eval' if parts else None
     parts = self.timer.pause_end(time.perf_counter(), parts, rest)
@@ -283,10 +277,11 @@ def after_fit(self:EtaCallback):
 @patch
 def pauses_left(self:EtaCallback) -> dict:
     "Evals and saves still to come, counting this step's if it has not happened yet"
-    n, k, ck = self.n_steps, self.step, getattr(self.learn, 'checkpoint', None)
-    left = {'eval': due_count(k, n, self.eval_every) + (self.learn.eval_due() and self.eval_t0 is None)}
-    if ck is not None:
-        left['save'] = due_count(k, n, ck.save_every) + (ck.saved_step != k and (k == n or self._save_due()))
+    L = self.learn
+    n, k = self.n_steps, self.step
+    left = {'eval': due_count(k, n, self.eval_every) + (L.eval_due() and self.eval_t0 is None)}
+    if L.save_every is not None:  # a checkpoint callback saves every `save_every` steps (0: at the end only)
+        left['save'] = due_count(k, n, L.save_every) + (L.saved_step != k and (k == n or L.save_due()))
     return left
 
 @patch

@@ -6,60 +6,22 @@ Docs: https://chatgot.github.io/chatgot/learner.html.md"""
 
 # %% ../nbs/02_learner.ipynb #0da9cc96
 from __future__ import annotations
-import math, random, sys
+import math, sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-import numpy as np
 import torch
 from fastcore.basics import noop, patch
 from tqdm.auto import tqdm
 from .data import BatchSampler, TokenData, eval_batches, token_bytes
-from .optim import make_optimizer
+from .optim import lr_at, make_optimizer
 from .callback import (EVENTS, CancelEvalException, CancelFitException, CancelStepException, Callback, Recorder,
                               jsonl_line, keep_rows_upto, read_jsonl)  # the last three: re-exported for older imports
 from .memory import OutOfMemoryStop, current_memory, is_oom, peak_memory, release_memory, reset_peak_memory
+from .process import SingleProcess, get_rng_state, set_rng_state
+
 
 # %% auto #0
-__all__ = ['lr_at', 'get_rng_state', 'set_rng_state', 'SingleProcess', 'Learner']
-
-# %% ../nbs/02_learner.ipynb #7fe47ac4
-def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> float:
-    "Warmup + cosine learning rate for optimizer update number `step` (0-based)"
-    if step < warmup: return lr * (step + 1) / warmup
-    if step >= total: return lr * min_lr_frac
-    p = (step - warmup) / max(1, total - warmup)
-    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
-
-# %% ../nbs/02_learner.ipynb #92dc42d2
-def get_rng_state() -> dict:
-    "Every RNG state as tensors and plain Python values"
-    v, st, pos, g, c = np.random.get_state()
-    s = {'python': list(random.getstate()[1]), 'python_gauss': random.getstate()[2],
-         'numpy': torch.from_numpy(st.astype(np.int64)), 'numpy_pos': int(pos),
-         'numpy_gauss': [int(g), float(c)], 'torch': torch.get_rng_state()}
-    if torch.cuda.is_available(): s['cuda'] = torch.cuda.get_rng_state_all()
-    return s
-
-def set_rng_state(s:dict):
-    "Restore what `get_rng_state` captured"
-    random.setstate((3, tuple(s['python']), s['python_gauss']))
-    g, c = s['numpy_gauss']
-    np.random.set_state(('MT19937', s['numpy'].numpy().astype(np.uint32), s['numpy_pos'], int(g), c))
-    torch.set_rng_state(s['torch'])
-    if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-
-# %% ../nbs/02_learner.ipynb #0aefa51f
-class SingleProcess:
-    "The default `learn.dist`: one process agrees with itself (`chatgot.distributed.Ranks` does it across ranks)"
-    rank, local_rank, world, main = 0, 0, 1, True  # `main`: the process that writes files (rank 0)
-    def any(self, flag) -> bool: "Is `flag` true on any rank?"; return bool(flag)
-    def max(self, values) -> list: "Element-wise maximum over the ranks of host numbers"; return list(values)
-    def sum(self, values) -> list: "Element-wise sum over the ranks of host numbers"; return list(values)
-    def gather(self, obj) -> list: "Every rank's `obj`, in rank order"; return [obj]
-    def on_main(self, f, *args, **kwargs): "`f(*args, **kwargs)` run by rank 0 alone; every rank gets its result (or its error)"; return f(*args, **kwargs)
-    def barrier(self): "Wait until every rank is here"
-    def seed(self, seed:int, step:int=0): "Give ranks other than 0 a torch RNG stream of their own (nothing to do on one process)"
-    def __repr__(self): return f'{type(self).__name__}(rank={self.rank}, world={self.world})'
+__all__ = ['Learner']
 
 # %% ../nbs/02_learner.ipynb #61515be8
 class Learner:
@@ -92,6 +54,7 @@ class Learner:
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
         self.step, self.tokens, self.precision, self.oom, self.fatal, self.val_step = 0, 0, 'fp32', None, None, None
         self.stop_asked = self.interrupted = None  # see `request_stop`
+        self.save_every = self.saved_step = None   # the checkpoint callback's: see `save_due`
         self.drop_step = self._no_drop = torch.zeros((), device=self.device)  # see `drop`
         self.autocast = torch.autocast(self.device.type, enabled=False)
         self.cbs = []
@@ -126,6 +89,16 @@ class Learner:
     def log_every(self) -> int:
         "Steps between metric rows: the interval at which callbacks read their device values too"
         return self.recorder.log_every
+
+    @property
+    def logged_rows(self) -> list:
+        "Every row this learner has logged (steps, evals, events), oldest first"
+        return self.recorder.rows
+
+    @property
+    def metrics_path(self) -> Path|None:
+        "The run's `metrics.jsonl` (None without a run folder)"
+        return self.out/'metrics.jsonl' if self.out else None
 
     def say(self, msg:str):
         "One line for the user on the progress bar's stream (stderr by default) that does not break the bar; rank 0 only"
@@ -325,13 +298,19 @@ def eval_due(self:Learner) -> bool:
     return self.step == self.n_steps or bool(self.eval_every and self.step % self.eval_every == 0)
 
 @patch
+def save_due(self:Learner) -> bool:
+    "Is a checkpoint due after the step just ended? (`learn.save_every`: None without a checkpoint callback, 0: at the end only)"
+    return bool(self.save_every and self.step % self.save_every == 0)
+
+
+@patch
 def _fit(self:Learner):
     self.model.train()
     while self.step < self.n_steps:
         self.drop_step = self._no_drop
         self._with_events(self._do_step, 'step', CancelStepException, self._end_step)
-        if self.interrupted: raise CancelFitException()  # a stop request ends the fit here (the checkpoint callback saved first)
-        if self.eval_due(): self.evaluate()
+        if not self.interrupted and self.eval_due(): self.evaluate()
+        if self.interrupted: raise CancelFitException()  # a stop request, in the step or in its eval (an early stop), ends the fit here
 
 @patch
 def _finally_fit(self:Learner):

@@ -6,12 +6,13 @@ Docs: https://chatgot.github.io/chatgot/optim.html.md"""
 
 # %% ../nbs/01b_optim.ipynb #ac11492b
 from __future__ import annotations
+import math
 import torch
 import torch.nn as nn
 from torch.optim._muon import _adjust_lr  # torch's per-shape LR rule, so ours matches it
 
 # %% auto #0
-__all__ = ['param_groups', 'Optimizers', 'orthogonalize', 'Muon', 'make_optimizer']
+__all__ = ['param_groups', 'Optimizers', 'orthogonalize', 'Muon', 'make_optimizer', 'lr_at']
 
 # %% ../nbs/01b_optim.ipynb #4d385be2
 def param_groups(model:nn.Module) -> dict:
@@ -87,3 +88,11 @@ def make_optimizer(model:nn.Module, kind:str='adamw', # 'adamw': AdamW everywher
                             adjust_lr_fn='match_rms_adamw')
     for grp in muon.param_groups: grp['lr_scale'] = muon_lr_scale
     return Optimizers(muon, adam)
+
+# %% ../nbs/01b_optim.ipynb #7fe47ac4
+def lr_at(step:int, lr:float, total:int, warmup:int, min_lr_frac:float=0.1) -> float:
+    "Warmup + cosine learning rate for optimizer update number `step` (0-based)"
+    if step < warmup: return lr * (step + 1) / warmup
+    if step >= total: return lr * min_lr_frac
+    p = (step - warmup) / max(1, total - warmup)
+    return lr * (min_lr_frac + (1 - min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))

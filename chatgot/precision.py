@@ -16,7 +16,7 @@ from .learner import Callback
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'DTYPES', 'native_bf16', 'native_fp16', 'autocast_works', 'resolve_precision', 'next_precision',
-           'autocast_for', 'SafeGradScaler', 'MixedPrecision', 'InjectNonFinite']
+           'autocast_for', 'SafeGradScaler', 'MixedPrecision']
 
 # %% ../nbs/05_precision.ipynb #2834c851
 PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
@@ -264,15 +264,3 @@ def load_state_dict(self:MixedPrecision, sd:dict):
     self.scaler = None
     self._setup(sd['precision'])
     self.scaler.load_state_dict(sd)
-
-# %% ../nbs/05_precision.ipynb #5c65e3fb
-class InjectNonFinite(Callback):
-    "Make the loss or a gradient NaN/Inf at chosen steps, for checks and demos"
-    order = -20
-    def __init__(self, loss_at:dict|None=None, # {step: 'nan' | 'inf' | '-inf'}, steps counted from 1
-                 grad_at:dict|None=None):      # the same, for the first parameter's gradient
-        self.loss_at, self.grad_at = loss_at or {}, grad_at or {}
-    def after_loss(self):
-        if v := self.loss_at.get(self.step + 1): self.learn.loss = self.loss + float(v)
-    def after_backward(self):
-        if v := self.grad_at.get(self.step + 1): next(self.model.parameters()).grad.view(-1)[0] = float(v)

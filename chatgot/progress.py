@@ -51,21 +51,21 @@ class ProgressCallback(Callback):
         self.file, self.leave, self.plot, self.plot_every_s, self.warmup_steps = file, leave, plot, plot_every_s, warmup_steps
 
     def before_fit(self):
-        self.t0, self.tok0, self.n_rows = time.perf_counter(), self.tokens, len(self.recorder.rows)
+        self.t0, self.tok0, self.n_rows = time.perf_counter(), self.tokens, len(self.learn.logged_rows)
         self.stream = self.file or sys.stderr
         self.bar = tqdm(total=self.n_steps, initial=self.step, desc='train', unit='step', file=self.stream,
                         leave=self.leave, dynamic_ncols=True, bar_format=BAR_FORMAT)
         self.stats, self.eta_shown, self.t_eta, self.t_shown = '', None, 0., 0.
         self.step0, self.t_warm, self.step_warm, self.t_peek = self.step, None, None, -math.inf
-        p = self.recorder.path
-        hist = read_metrics(p) if p is not None and p.exists() else list(self.recorder.rows)
+        p = self.learn.metrics_path
+        hist = read_metrics(p) if p is not None and p.exists() else list(self.learn.logged_rows)
         self.live = LivePlot(hist, self.plot_every_s) if (in_kernel() if self.plot is None else self.plot) else None
 
 # %% ../nbs/08a_progress.ipynb #5d576a8a
 @patch
 def _refresh(self:ProgressCallback, force:bool=False):
     "New rows were written: rebuild the postfix (and redraw the live plot)"
-    rows = self.recorder.rows[self.n_rows:]
+    rows = self.learn.logged_rows[self.n_rows:]
     last = next((r for r in reversed(rows) if is_step_row(r)), None)
     if last is None: return
     val = next((r for r in reversed(rows) if is_eval_row(r) and r.get('val_loss') is not None), None)
@@ -82,7 +82,7 @@ def _refresh(self:ProgressCallback, force:bool=False):
     if last.get('eta_s') is not None:
         self.eta_shown, self.t_eta = (last['eta_s'], last.get('eta_low_s'), last.get('eta_high_s')), time.perf_counter()
     self._show()
-    if self.live is not None: self.live.update(self.recorder.rows[self.n_rows:], force=force)
+    if self.live is not None: self.live.update(rows, force=force)
 
 @patch
 def _show(self:ProgressCallback):
@@ -111,7 +111,7 @@ def after_step(self:ProgressCallback):
     self.bar.update(self.step - self.bar.n)
     now = time.perf_counter()
     if self.step - self.step0 == self.warmup_steps: self.t_warm, self.step_warm = now, self.step
-    if self.step % self.recorder.log_every == 0: self._refresh()
+    if self.step % self.learn.log_every == 0: self._refresh()
     elif not self.stats:  # nothing logged yet: show the loss and a rough ETA from the first steps
         if now - self.t_peek >= 1 or self.step - self.step0 <= self.warmup_steps + 1: self._early()
     elif self.eta_shown is not None and now - self.t_shown > 1: self._show()
@@ -147,7 +147,8 @@ class LivePlot:
         self.handle.display(self._png(self.history))
     def _png(self, rows):
         from IPython.display import Image
-        b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=80)
+        b = io.BytesIO(); draw_metrics(rows, self.fig).savefig(b, format='png', dpi=100)
+
         return Image(data=b.getvalue())
     def update(self, rows, force:bool=False):
         if not force and time.perf_counter() - self.t < self.every_s: return

@@ -18,8 +18,9 @@ from tqdm.std import tqdm as tqdm_text
 from .eta import EtaEstimator, StepTimer, due_count
 
 # %% auto #0
-__all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'ScriptedLearner', 'noisy',
-           'InjectSpikes', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors', 'eta_jumps', 'synthetic_trace']
+__all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'plain_figures', 'ScriptedLearner',
+           'noisy', 'InjectSpikes', 'InjectNonFinite', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors',
+           'eta_jumps', 'synthetic_trace']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -60,6 +61,16 @@ def skip_slow_cells():
     ip = get_ipython()
     if ip is not None and _skip_slow not in ip.input_transformers_cleanup: ip.input_transformers_cleanup.append(_skip_slow)
 
+# %% ../nbs/90_test_utils.ipynb #6eb039f9
+def plain_figures(dpi:int=100):
+    "Figures at `dpi` dots per inch, inline ones as plain PNGs (nbdev's runner asks for 'retina': 4x the pixels and bytes)"
+    import matplotlib as mpl
+    mpl.rcParams['figure.dpi'] = dpi
+    try: from IPython import get_ipython; from matplotlib_inline.backend_inline import set_matplotlib_formats
+    except ImportError: return
+    if get_ipython() is not None: set_matplotlib_formats('png')
+
+
 # %% ../nbs/90_test_utils.ipynb #db03a8be
 class _Rows:
     def __init__(self, log_every): self.rows, self.log_every = [], log_every
@@ -85,6 +96,16 @@ class ScriptedLearner:
         for cb in self.cbs: getattr(cb, ev, lambda: None)()
     def set_lr(self, lr): self.cur_lr = lr
     def log(self, event, **info): self.recorder.event(event, **info)
+    @property
+    def skips_on_device(self) -> bool: return getattr(getattr(self, 'opt', None), '_step_supports_amp_scaling', False)
+    def drop(self, flag):
+        "The Learner's `drop`: a fused optimizer (a check may set `opt`) skips on the device, else a flagged step is cancelled now"
+        if not self.skips_on_device and bool(flag): raise CancelStepException()
+
+    def rewind(self, last_good:int, tag:str, load:bool=True):
+        "The Learner's `rewind` without a checkpoint callback: no checkpoint to go back to"
+        return None
+
     def state_dict(self): return {'step': self.step}
     @property
     def events(self): return [r for r in self.recorder.rows if 'event' in r]
@@ -125,6 +146,18 @@ class InjectSpikes(Callback):
     def after_loss(self):
         f = self.at.get(self.learn.sampler.k)
         if isinstance(f, (int, float)): self.learn.loss = self.loss * f
+
+# %% ../nbs/90_test_utils.ipynb #4b28640d
+class InjectNonFinite(Callback):
+    "Make the loss or a gradient NaN/Inf at chosen steps, for checks and demos"
+    order = -20
+    def __init__(self, loss_at:dict|None=None, # {step: 'nan' | 'inf' | '-inf'}, steps counted from 1
+                 grad_at:dict|None=None):      # the same, for the first parameter's gradient
+        self.loss_at, self.grad_at = loss_at or {}, grad_at or {}
+    def after_loss(self):
+        if v := self.loss_at.get(self.step + 1): self.learn.loss = self.loss + float(v)
+    def after_backward(self):
+        if v := self.grad_at.get(self.step + 1): next(self.model.parameters()).grad.view(-1)[0] = float(v)
 
 # %% ../nbs/90_test_utils.ipynb #9278ddf9
 class InjectOOM(Callback):

@@ -7,13 +7,5 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
-from chatgot.learner import CancelStepException
-from chatgot.test_utils import ScriptedLearner
-
-def _drop(self, flag):  # the Learner's `drop`: a fused optimizer skips on the device, else the step is cancelled now
-    if not getattr(getattr(self, 'opt', None), '_step_supports_amp_scaling', False) and bool(flag): raise CancelStepException()
-if not hasattr(ScriptedLearner, 'drop'):  # until `chatgot.test_utils.ScriptedLearner` has the loop's requests: no checkpoints to rewind to
-    ScriptedLearner.drop, ScriptedLearner.rewind = _drop, lambda self, *a, **kw: None
-
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: long tests (builds or external runtimes), skipped unless CHATGOT_SLOW=1')

@@ -1,5 +1,6 @@
 "Issue 19, your own corpus: best checkpoint by default, what train() says about the corpus, the overfitting guard, memorisation."
 import csv, json, os, re, subprocess, sys
+from collections import Counter
 from pathlib import Path
 import pytest
 
@@ -87,7 +88,12 @@ def test_overfit_event_early_stop_and_best_kept(tmp_path, capsys):
     rows = [json.loads(l) for l in open(tmp_path/'run'/'metrics.jsonl')]
     ev = [r for r in rows if r.get('event') == 'overfit']
     assert len(ev) == 1 and ev[0]['stop'] is True and ev[0]['train_loss'] < ev[0]['from_train_loss'], ev
-    assert learn.interrupted == 'overfit' and learn.step < 200 and learn.step <= ev[0]['step'] + 1, learn.step
+    assert learn.interrupted == 'overfit' and learn.step == ev[0]['step'] < 200, learn.step  # stopped right after that eval
+    evals = Counter(r['step'] for r in rows if r.get('kind') == 'eval')
+    steps = Counter(r['step'] for r in rows if r.get('kind') == 'step')
+    assert set(evals.values()) == {1} and set(steps.values()) == {1}, (evals, steps)  # one eval row per step, one step row per step
+    assert max(evals) == max(steps) == learn.step, (max(evals), max(steps))  # no step after the stopping eval
+    assert sorted(evals) == list(range(10, learn.step + 1, 10)), sorted(evals)
     assert json.loads((tmp_path/'run'/'config.json').read_text())['flags']['early_stop'] is True  # > 4 epochs: on by default
     best = (tmp_path/'run'/'checkpoints'/'best').read_text().strip()
     assert best == f"step-{ev[0]['best_step']:07d}" and (tmp_path/'run'/'checkpoints'/best).is_dir(), best

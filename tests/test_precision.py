@@ -6,9 +6,8 @@ import pytest, torch
 from torch.overrides import TorchFunctionMode
 from chatgot.checkpoint import load_checkpoint, save_checkpoint
 from chatgot.learner import Callback, Learner
-from chatgot.precision import (InjectNonFinite, MixedPrecision, SafeGradScaler, autocast_works, native_bf16, next_precision,
-                               resolve_precision)
-from chatgot.test_utils import tiny_data, tiny_model, tiny_text
+from chatgot.precision import MixedPrecision, SafeGradScaler, autocast_works, native_bf16, next_precision, resolve_precision
+from chatgot.test_utils import InjectNonFinite, tiny_data, tiny_model, tiny_text
 from chatgot import train as train_mod
 from chatgot.train import train
 
