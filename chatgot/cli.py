@@ -118,13 +118,13 @@ def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder (required
              as_name:str=None, # the character the model plays (default: the corpus's most frequent speaker)
              debug:bool=False):# show tracebacks
     "Talk with a checkpoint: each line you type is your turn, the model answers in character; /quit or Ctrl-D ends"
-    from chatgot.chat import chat, default_speaker
+    from chatgot.chat import character_lengths, chat, pick_character
     from chatgot.checkpoint import load_for_inference
     model, tok, meta = load_for_inference(_need_ckpt(ckpt))
-    name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
-    if not name: raise ValueError("--as needs a character name")
+    name, note = pick_character(meta, as_name)  # an unknown name: a warning with the top speakers; no speakers: plain continuation
+    if note: print(note, file=sys.stderr, flush=True)
     inp = _Input(sys.stdin)
-    chat(model, tok, name, inp=inp)
+    chat(model, tok, name, inp=inp, lengths=character_lengths(meta, tok, name))
     if inp.eof and inp.isatty(): print()  # Ctrl-D left the cursor after "YOU: ": the shell prompt gets its own line
     return 0
 chat_cmd.rename = {'as_name': '--as'}  # `as` is a Python keyword: the parameter has another name than the flag
