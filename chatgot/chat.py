@@ -197,8 +197,9 @@ class ChatSession:
     def reply(self, on_text=None, tries:int=3, **kw) -> dict:
         "The model's next turn as `name` (streamed to `on_text`), added to the conversation; `stream_reply`'s result"
         if self.name is None:  # plain text: continue the user's words up to a paragraph's end
+            kw['stops'] = ('\n\n', *kw.get('stops', ()))
             r = stream_reply(self.model, self.tok, self.context(), on_text, self.limit(), self.procs, self.g, stop_at=(),
-                             stops=('\n\n',), trim=self.trim or 'word', table=self.table, **kw)
+                             trim=self.trim or 'word', table=self.table, **kw)
             self.turns[-1] += r['text'].rstrip() + '\n\n'
             return r
         r = stream_reply(self.model, self.tok, self.context(), on_text, self.limit(), self.procs, self.g, trim=self.trim,
