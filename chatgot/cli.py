@@ -47,7 +47,7 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               compile:bool=False,   # train through torch.compile (faster after a slow first step)
               arch:str=None,        # block recipe: qwen3, llama or gpt2 (gpt2: the recipe before 01c_recipe)
               optimizer:str=None,   # muon (Muon for hidden matrices, AdamW for the rest) or adamw
-              weight_decay:float=None, # decoupled weight decay of the matrices (default 0.1)
+              weight_decay:float=None, # decoupled weight decay of the matrices
               early_stop:bool=False,# stop when val loss rises 2 evals in a row while train loss falls (default: on past 4 epochs)
               no_early_stop:bool=False, # never stop early (the `overfit` event is still logged)
               debug:bool=False):    # show tracebacks
@@ -71,7 +71,7 @@ def train_defaults() -> dict:
     from chatgot.train import FLAGS, resolve_flags
     per = {p: resolve_flags({'preset': p, 'device': 'cpu'}) for p in PRESETS}
     out = {'out': 'runs/<timestamp>', 'device': 'auto', 'precision': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
-           'n_embd': "the preset's", 'dropout': "the preset's", 'early_stop': 'on when the run sees its training text more than 4 times'}
+           'n_embd': "the preset's", 'dropout': "the preset's; 0.2 when the run sees its training text more than 10 times", 'early_stop': 'on when the run sees its training text more than 4 times'}
     for k in FLAGS:
         if k in out: continue
         vals = {p: f[k] for p, f in per.items()}
