@@ -103,7 +103,7 @@ class ReplyText:
 
     def _safe(self, t:str) -> str:
         if self.turn and _maybe_name.fullmatch(t[t.rfind('\n') + 1:]): t = t[:t.rfind('\n') + 1]
-        if self.turn and (m := _caps_tail.search(t)) and t[t.rfind('\n', 0, m.start()) + 1:m.start()].strip(): t = t[:m.start()]
+        if self.turn and (m := _caps_tail.search(t.rstrip())) and t[t.rfind('\n', 0, m.start()) + 1:m.start()].strip(): t = t[:m.start()]
         k = max((k for s in self.stops for k in range(1, len(s)) if t.endswith(s[:k])), default=0)
         t = t[:len(t) - k]
         if self.trim == 'word': t = re.sub(r"[\w'’-]+\Z", '', t)
@@ -116,7 +116,7 @@ class ReplyText:
         cuts = [i for i in (t.find(s) for s in self.stops) if i >= 0] + [c for c in [find_boundary(t, self.stop_at)] if c is not None]
         if cuts: t, self.ended, final = t[:min(cuts)], True, True
         if final:
-            if not self.ended and self.turn: t = _drop_tail(t.rstrip())
+            if self.turn: t = _drop_tail(t.rstrip())  # the limit came inside a name, or the model ended on one (`..., HORATIO`)
             if not self.ended: t = trim_text(t, self.trim)
             if self.turn: t = t.rstrip()
         else: t = self._safe(t)

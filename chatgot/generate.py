@@ -198,7 +198,7 @@ def namelike(line:str) -> bool:
     "`line` looks like a speaker's `NAME:` or a garbled piece of one (`CraIA:`): letters and a colon, mostly capitals"
     if not _namelike_re.fullmatch(line.strip()): return False
     up, low = sum(c.isupper() for c in line), sum(c.islower() for c in line)
-    return up >= 2 and up >= low
+    return up >= 1 and up >= low  # `S:` and `IA:` are pieces of names too
 
 def name_cut(text:str) -> int|None:
     "Where another speaker's name starts inside `text`: glued to the speech (`...notDROMIO OF EPHESUS:`) or a name-like line"
