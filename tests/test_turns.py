@@ -80,8 +80,8 @@ def test_reply_stops_before_glued_names_fragments_and_directions():
     assert ''.join([rt.update(ids[:i]) for i in range(1, len(ids) + 1)] + [rt.update(ids, final=True)]) == "Go to my lord;"
 
 def test_small_corpus_defaults_printed_and_overridable(tmp_path):
-    text = tiny_text(40)  # about 1.5k characters: 40 steps of 8 x 64 tokens pass over it more than 10 times
-    out, said, learn = tiny_run(tmp_path, 'small', text, steps=None, batch_size=8, seq_len=64)
+    text = tiny_text(25)  # about 900 characters: 24 steps of 8 x 64 tokens pass over it more than 10 times
+    out, said, learn = tiny_run(tmp_path, 'small', text, steps=24, batch_size=8, seq_len=64)
     lines = said.splitlines()
     i = next(k for k, l in enumerate(lines) if l.startswith('small corpus:'))
     assert i <= 5, lines[:8]  # among the first lines, before training
@@ -90,14 +90,14 @@ def test_small_corpus_defaults_printed_and_overridable(tmp_path):
     assert flags['dropout'] == 0.2 and flags['eval_every'] == flags['save_every'] == flags['steps'] // 8, flags
     assert learn.model.config.dropout == 0.2
     # given flags win, and say nothing about themselves
-    out2, said2, learn2 = tiny_run(tmp_path, 'given', text, steps=None, batch_size=8, seq_len=64, dropout=0.05, weight_decay=0.3,
+    out2, said2, learn2 = tiny_run(tmp_path, 'given', text, steps=24, batch_size=8, seq_len=64, dropout=0.05, weight_decay=0.3,
                                    eval_every=10, save_every=10)
     f2 = json.loads((out2/'config.json').read_text())['flags']
     assert (f2['dropout'], f2['weight_decay'], f2['eval_every'], f2['save_every']) == (0.05, 0.3, 10, 10), f2
     assert all(g['weight_decay'] in (0.3, 0.0) for g in learn2.opt.param_groups if 'weight_decay' in g)
     assert 'dropout 0.2' not in said2
     # on --resume the stored flags win: nothing is decided again
-    out3, said3, learn3 = tiny_run(tmp_path, 'small', text, steps=flags['steps'] + 4, batch_size=None, seq_len=None, preset=None,
+    out3, said3, learn3 = tiny_run(tmp_path, 'small', text, steps=28, batch_size=None, seq_len=None, preset=None,
                                    data=None, resume=True)
     f3 = json.loads((out/'config.json').read_text())['flags']
     assert 'small corpus:' not in said3 and f3['dropout'] == 0.2 and f3['eval_every'] == flags['eval_every'], (said3, f3)
@@ -107,7 +107,7 @@ def test_summary_after_early_stop_names_best_checkpoint(tmp_path):
     class ValRises(Callback):  # val loss rises at every eval after the first while the real train loss falls
         order = 80
         def after_eval(self): self.learn.val_loss = 5.0 + self.learn.step / 100
-    out, said, learn = tiny_run(tmp_path, 'early', tiny_text(200), steps=40, eval_every=5, save_every=5, early_stop=True,
+    out, said, learn = tiny_run(tmp_path, 'early', tiny_text(200), steps=40, eval_every=5, save_every=5, early_stop=True, eval_batches=1,
                                 loss_trend=False, cbs=[ValRises()])
     assert learn.interrupted == 'overfit' and learn.step < 40, (learn.step, said)
     best = (out/'checkpoints'/'best').read_text().strip()
