@@ -6,17 +6,19 @@ Docs: https://chatgot.github.io/chatgot/chat.html.md"""
 
 # %% ../nbs/09b_chat.ipynb #cc1d02df
 from __future__ import annotations
-import html, re, sys
+import html, random, re, statistics, sys
+from collections import Counter
 from pathlib import Path
 import torch
-from .data import NAME_LINE, SPEAKER, encode_text, load_corpus, speakers
-from .generate import (_sentence_end, byte_table, decode, find_boundary, generate, make_processors, protected_ids,
-                              seeded_generator, trim_text, unwrap_model)
+from .data import NAME_LINE, SPEAKER, encode_text, load_corpus, speakers, turn_re
+from .generate import (_sentence_end, byte_table, decode, find_boundary, generate, make_processors, namelike,
+                              protected_ids, seeded_generator, stage_re, trim_text, unwrap_model)
 from .model import GPT
 
 # %% auto #0
-__all__ = ['SAMPLING_DEFAULTS', 'characters', 'default_speaker', 'speaker_name', 'ReplyText', 'stream_reply', 'ChatSession',
-           'chat', 'transcript_html', 'chat_widget']
+__all__ = ['SAMPLING_DEFAULTS', 'characters', 'default_speaker', 'speaker_name', 'corpus_speakers', 'pick_character', 'ReplyText',
+           'stream_reply', 'ChatSession', 'chat', 'speaker_turns', 'character_lengths', 'length_table',
+           'format_lengths', 'transcript_html', 'chat_widget']
 
 # %% ../nbs/09b_chat.ipynb #e78af94b
 def characters(meta:dict, n:int=20) -> list[str]:
@@ -34,8 +36,45 @@ def speaker_name(name:str) -> str:
     if not re.fullmatch(SPEAKER, n): raise ValueError(f"{name!r} cannot be a speaker name (a letter first, at most 60 characters)")
     return n
 
+# %% ../nbs/09b_chat.ipynb #2cc05f52
+def corpus_speakers(meta:dict) -> Counter|None:
+    "Turns per speaker of the run's corpus (from `config.json`'s top speakers if the corpus cannot be read); None if unknown"
+    try: return speakers(load_corpus(meta['config']['flags']['data']))
+    except (KeyError, TypeError, ValueError, OSError):
+        d = ((meta or {}).get('config') or {}).get('data') or {}
+        return Counter(d.get('speakers') or {}) if 'n_speakers' in d else None
+
+def pick_character(meta:dict, name:str|None=None, # `--as`: the character asked for (None: the most frequent speaker)
+                   n:int=8) -> tuple[str|None, str|None]:
+    "The character chat plays (None: the corpus has no speakers, continue the text) and a one-line note to show, if any"
+    sp = corpus_speakers(meta)
+    if sp is not None and not sp:
+        return None, ("this corpus has no speakers (no `NAME:` turns)" + (f", so there is no {speaker_name(name)} to play" if name else '')
+                      + ": chat continues your text instead (each line you type is continued by the model)")
+    if name is None:
+        if sp: return sp.most_common(1)[0][0], None
+        return 'KING', "note: the run's corpus cannot be read, so its speakers are unknown: playing KING (--as NAME picks another)"
+    nm = speaker_name(name)
+    if sp is None or nm in sp: return nm, None
+    if (same := {k.upper(): k for k in sp}.get(nm)) is not None: return same, None  # `Hamlet:` in a .txt corpus
+    top = ', '.join(f"{k} ({v:,})" for k, v in sp.most_common(n))
+    return nm, f"warning: {nm} never speaks in this corpus (chat plays it anyway); its top speakers (turns): {top}"
+
 # %% ../nbs/09b_chat.ipynb #8c398df4
-_maybe_name = re.compile(r"[A-Z][A-Z0-9 .'&-]{0,59}:?") # a last line that may still become a `NAME:` line
+_maybe_name = re.compile(r"[A-Z][A-Z0-9 .'&-]{0,59}:?|[A-Za-z][A-Za-z'’-]{0,59}:?|[\[(][^\n]*") # a last line that may still become a name (or a garbled one) or a direction
+_caps_tail = re.compile(r"[A-Z][A-Z .'&-]*:?\Z") # capitals at the end of a line with speech before them: maybe a glued name
+
+def _off_turn(line:str) -> bool:
+    "A whole line that is not the character's speech: a `NAME:` (or garbled name) line or a stage direction"
+    return namelike(line) or stage_re.match(line.strip()) is not None
+
+def _drop_tail(t:str) -> str:
+    "`t` without a trailing glued name (`...notDRO`) or a last line that is a name or a direction"
+    last = t[t.rfind('\n') + 1:]
+    if '\n' in t and (_off_turn(last) or _maybe_name.fullmatch(last) and any(c.isupper() for c in last[1:])): t = t[:t.rfind('\n')]
+    if (m := _caps_tail.search(t)) and t[t.rfind('\n', 0, m.start()) + 1:m.start()].strip() and len(m.group().strip(' :')) > 1:
+        t = t[:m.start()]
+    return t
 
 class ReplyText:
     "The text of a reply as its tokens arrive: what is safe to show (nothing a later token can take back) and whether it ended"
@@ -51,15 +90,20 @@ class ReplyText:
         "The reply so far in whole characters (in dialogue: without leading blank space, and stray name lines if `strip_names`)"
         t = decode(ids, self.table)
         if self.turn: t = t.lstrip()
-        if self.turn and self.strip_names: t = re.sub(rf"^(?:{NAME_LINE}\s*)+", '', t)
+        if self.turn and self.strip_names:
+            while (m := re.match(rf"{NAME_LINE}\s*", t)) or ('\n' in t and _off_turn(t[:t.find('\n')])):
+                t = t[m.end():] if m else t[t.find('\n') + 1:].lstrip()
         return t
 
     def handed_on(self, ids) -> bool:
-        "Nothing shown yet and the reply starts with a `NAME:` line: the model gave the turn to someone"
-        return self.turn and not self.shown and re.match(NAME_LINE, self.text(ids)) is not None
+        "Nothing shown yet and the reply starts with a `NAME:` line, a garbled name or a stage direction: not this character's words"
+        if not self.turn or self.shown: return False
+        t = self.text(ids)
+        return re.match(NAME_LINE, t) is not None or ('\n' in t and _off_turn(t[:t.find('\n')]))
 
     def _safe(self, t:str) -> str:
         if self.turn and _maybe_name.fullmatch(t[t.rfind('\n') + 1:]): t = t[:t.rfind('\n') + 1]
+        if self.turn and (m := _caps_tail.search(t.rstrip())) and t[t.rfind('\n', 0, m.start()) + 1:m.start()].strip(): t = t[:m.start()]
         k = max((k for s in self.stops for k in range(1, len(s)) if t.endswith(s[:k])), default=0)
         t = t[:len(t) - k]
         if self.trim == 'word': t = re.sub(r"[\w'’-]+\Z", '', t)
@@ -72,6 +116,7 @@ class ReplyText:
         cuts = [i for i in (t.find(s) for s in self.stops) if i >= 0] + [c for c in [find_boundary(t, self.stop_at)] if c is not None]
         if cuts: t, self.ended, final = t[:min(cuts)], True, True
         if final:
+            if self.turn: t = _drop_tail(t.rstrip())  # the limit came inside a name, or the model ended on one (`..., HORATIO`)
             if not self.ended: t = trim_text(t, self.trim)
             if self.turn: t = t.rstrip()
         else: t = self._safe(t)
@@ -114,25 +159,33 @@ def stream_reply(model:GPT, tok, prompt:str, # the text so far, ending where the
 SAMPLING_DEFAULTS = dict(temperature=0.8, top_p=0.95, repetition_penalty=1.1) # a chat reply's sampling unless told otherwise
 
 class ChatSession:
-    "A conversation in which the model speaks as `name`; the scene and the newest turns that fit the window are its context"
-    def __init__(self, model:GPT, tok, name:str='KING', # the character the model plays
+    "A conversation in which the model speaks as `name` (None: it continues the user's text); the scene and the newest turns that fit the window are its context"
+    def __init__(self, model:GPT, tok, name:str|None='KING', # the character the model plays (None: plain continuation)
                  user:str='YOU', # the user's speaker name
                  max_new_tokens:int=120, seed:int|None=None,
                  scene:str='', # text before the dialogue (a system message), always kept in the context
                  trim:str|None='sentence', # a reply ended by the token limit is cut back to its last 'sentence' or 'word'
+                 lengths=None, # the character's turn lengths in tokens (`character_lengths`): each reply's limit is drawn from them
                  **sampling): # `make_processors` settings (default `SAMPLING_DEFAULTS`)
         self.model, self.tok, self.name, self.user, self.max_new_tokens = unwrap_model(model), tok, name, user, max_new_tokens
         self.procs = make_processors(**{**SAMPLING_DEFAULTS, **sampling})
         self.g, self.turns, self.scene, self.trim = seeded_generator(self.model.lm_head.weight.device, seed), [], scene, trim
         self.budget, self.table = max(1, self.model.config.block_size * 3 // 4), byte_table(tok)
+        self.lengths, self.rng = list(lengths or []), random.Random(seed)
 
     def add(self, speaker:str, text:str):
-        "Append a turn: `SPEAKER:`, the text's non-blank lines (white space tidied), a blank line"
-        self.turns.append(f"{speaker}:\n" + '\n'.join(' '.join(l.split()) for l in text.splitlines() if l.strip()) + "\n\n")
+        "Append a turn: `SPEAKER:`, the text's non-blank lines (white space tidied), a blank line (plain: the words, to be continued)"
+        lines = [' '.join(l.split()) for l in text.splitlines() if l.strip()]
+        self.turns.append(' '.join(lines) if self.name is None else f"{speaker}:\n" + '\n'.join(lines) + "\n\n")
+
+    def limit(self) -> int:
+        "Tokens for the next reply: a turn length of the character drawn from the corpus (a quarter more, for the trim), else `max_new_tokens`"
+        if not self.lengths: return self.max_new_tokens
+        return max(4, min(self.max_new_tokens, round(self.rng.choice(self.lengths) * 1.25) + 2))
 
     def context(self) -> str:
         "The prompt for the next reply: the scene, the newest turns within the token budget, then `NAME:`"
-        head = f"{self.name}:\n"
+        head = f"{self.name}:\n" if self.name is not None else ''
         scene = self.scene.strip() + '\n\n' if self.scene.strip() else ''
         kept, n = [], len(encode_text(self.tok, scene + head))
         for t in reversed(self.turns):
@@ -143,7 +196,13 @@ class ChatSession:
 
     def reply(self, on_text=None, tries:int=3, **kw) -> dict:
         "The model's next turn as `name` (streamed to `on_text`), added to the conversation; `stream_reply`'s result"
-        r = stream_reply(self.model, self.tok, self.context(), on_text, self.max_new_tokens, self.procs, self.g, trim=self.trim,
+        if self.name is None:  # plain text: continue the user's words up to a paragraph's end
+            kw['stops'] = ('\n\n', *kw.get('stops', ()))
+            r = stream_reply(self.model, self.tok, self.context(), on_text, self.limit(), self.procs, self.g, stop_at=(),
+                             trim=self.trim or 'word', table=self.table, **kw)
+            self.turns[-1] += r['text'].rstrip() + '\n\n'
+            return r
+        r = stream_reply(self.model, self.tok, self.context(), on_text, self.limit(), self.procs, self.g, trim=self.trim,
                          names=(self.name, self.user), tries=tries, table=self.table, **kw)
         self.turns.append(f"{self.name}:\n{r['text']}\n\n")
         return r
@@ -154,26 +213,62 @@ class ChatSession:
         return self.reply(on_text, tries)['text']
 
 # %% ../nbs/09b_chat.ipynb #81ef4383
-def chat(model:GPT, tok, name:str='KING', user:str='YOU', inp=None, out=None, **kw) -> ChatSession:
-    "Talk on `inp` (default stdin): each line is the user's turn, the model answers as `name` as it generates; EOF or /quit ends"
+def chat(model:GPT, tok, name:str|None='KING', user:str='YOU', inp=None, out=None, **kw) -> ChatSession:
+    "Talk on `inp` (default stdin): each line is the user's turn, the model answers as `name` (None: continues the line) as it generates; EOF or /quit ends"
     inp, out = inp or sys.stdin, out or sys.stdout
     s, tty = ChatSession(model, tok, name, user, **kw), inp.isatty()
-    if tty: print(f"(you are {user}, the model is {name}; /quit or Ctrl-D to end)", file=out)
+    if tty: print(f"(you are {user}, the model is {name}; /quit or Ctrl-D to end)" if name is not None else
+                  "(each line you type is continued by the model; /quit or Ctrl-D to end)", file=out)
     while True:
-        if tty: print(f"{user}: ", end='', file=out, flush=True)
+        if tty: print(f"{user}: " if name is not None else "> ", end='', file=out, flush=True)
         line = inp.readline()
         if not line or line.strip() == '/quit': break
         if line.strip():
-            print(f"{name}: ", end='', file=out, flush=True)
+            print(f"{name}: " if name is not None else "... ", end='', file=out, flush=True)
             s.say(line, on_text=lambda p: print(p.replace('\n', '\n  '), end='', file=out, flush=True))
             print(file=out, flush=True)
     return s
 
+# %% ../nbs/09b_chat.ipynb #eaa017b6
+def speaker_turns(text:str) -> dict[str, list[str]]:
+    "Each speaker's turns in dialogue `text` (the speech, without the `NAME:` line), in order"
+    out, ms = {}, list(turn_re.finditer(text))
+    for m in ms:
+        end = text.find('\n\n', m.end())
+        out.setdefault(m.group(1), []).append(text[m.end():end if end >= 0 else len(text)])
+    return out
+
+def character_lengths(meta:dict, tok, name:str|None, most:int=2000) -> list[int]:
+    "Token lengths of `name`'s turns in the run's corpus (at most `most` of them; [] when unknown: no limit from the corpus)"
+    if name is None: return []
+    try: turns = speaker_turns(load_corpus(meta['config']['flags']['data'])).get(name, [])
+    except (KeyError, TypeError, ValueError, OSError): return []
+    return [len(encode_text(tok, t)) for t in turns[:most]]
+
+def _dist(xs:list) -> tuple:
+    xs = sorted(xs)
+    return (len(xs), statistics.median(xs), xs[min(len(xs) - 1, int(0.9 * len(xs)))]) if xs else (0, None, None)
+
+def length_table(text:str, replies:dict) -> list[dict]:
+    "Per character (`replies`: name -> the model's replies): its turns in `text` and the replies, their length in words (n, median, 90th percentile)"
+    turns = speaker_turns(text)
+    return [dict(zip(('name', 'corpus_turns', 'corpus_median', 'corpus_p90', 'replies', 'reply_median', 'reply_p90'),
+                     (name, *_dist([len(t.split()) for t in turns.get(name, [])]), *_dist([len(r.split()) for r in rs]))))
+            for name, rs in replies.items()]
+
+def format_lengths(rows:list[dict]) -> str:
+    "`length_table`'s rows as a text table"
+    head = f"{'character':<18} {'turns':>6} {'median':>7} {'p90':>5}   {'replies':>7} {'median':>7} {'p90':>5}   (words)"
+    f = lambda v: '-' if v is None else f"{v:g}"
+    return '\n'.join([head] + [f"{r['name'][:18]:<18} {r['corpus_turns']:>6} {f(r['corpus_median']):>7} {f(r['corpus_p90']):>5}   "
+                               f"{r['replies']:>7} {f(r['reply_median']):>7} {f(r['reply_p90']):>5}" for r in rows])
+
 # %% ../nbs/09b_chat.ipynb #8ab99a69
 def transcript_html(s:ChatSession, partial:str|None=None) -> str:
     "The conversation of `s` as HTML (`partial`: a reply still being generated)"
-    rows = [t.split(':\n', 1) for t in s.turns] + ([[s.name, partial]] if partial is not None else [])
-    body = ''.join(f"<div style='margin:.3em 0'><b>{html.escape(n)}:</b> {html.escape(t.strip()).replace(chr(10), '<br>')}</div>"
+    rows = [t.split(':\n', 1) if s.name is not None else ['', t] for t in s.turns]
+    if partial is not None: rows = rows + [[s.name, partial]] if s.name is not None else rows[:-1] + [['', rows[-1][1] + partial]]
+    body = ''.join(f"<div style='margin:.3em 0'>{f'<b>{html.escape(n)}:</b> ' if n else ''}{html.escape(t.strip()).replace(chr(10), '<br>')}</div>"
                    for n, t in rows)
     return f"<div class='chatgot-transcript' style='font-family:sans-serif'>{body or '<i>(no turns yet)</i>'}</div>"
 
@@ -184,16 +279,17 @@ def chat_widget(ckpt, # a run or checkpoint folder, or `(model, tok, meta)` from
     import ipywidgets as W
     from chatgot.checkpoint import load_for_inference
     model, tok, meta = load_for_inference(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
-    names = characters(meta) or ['KING']
-    s = ChatSession(model, tok, speaker_name(name or names[0]), user, **{'trim': 'word', **kw})
+    names, (picked, note) = characters(meta), pick_character(meta, name)
+    s = ChatSession(model, tok, picked, user, **{'trim': 'word', 'lengths': character_lengths(meta, tok, picked), **kw})
     log = W.HTML(transcript_html(s))
-    who = W.Combobox(value=s.name, options=names, description='character', ensure_option=False)
+    who = W.Combobox(value=s.name or '', options=names, description='character', ensure_option=False, disabled=s.name is None)
     box, send = W.Text(placeholder='say something...', continuous_update=False), W.Button(description='Say')
     def on_send(_=None):
         msg, box.value = box.value.strip(), ''
         if not msg: return
-        try: s.name = speaker_name(who.value)
-        except ValueError: who.value = s.name
+        if s.name is not None and who.value != s.name:
+            try: s.name, s.lengths = speaker_name(who.value), character_lengths(meta, tok, speaker_name(who.value))
+            except ValueError: who.value = s.name
         s.add(s.user, msg)
         shown = ''
         def show(p):
@@ -203,7 +299,7 @@ def chat_widget(ckpt, # a run or checkpoint folder, or `(model, tok, meta)` from
         try: s.reply(show)
         finally: send.disabled, log.value = False, transcript_html(s)
     send.on_click(on_send); box.observe(lambda c: c['new'].strip() and on_send(), 'value') # Enter in the box sends too
-    w = W.VBox([who, log, W.HBox([box, send])])
+    w = W.VBox([who, log, W.HBox([box, send])] + ([W.HTML(f"<i>{html.escape(note)}</i>")] if note else []))
     live = w._repr_mimebundle_
     w._repr_mimebundle_ = lambda **k: {**(live(**k) or {}), 'text/html': transcript_html(s)} # the static picture
     w.session, w.send = s, on_send

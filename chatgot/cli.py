@@ -47,6 +47,7 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               compile:bool=False,   # train through torch.compile (faster after a slow first step)
               arch:str=None,        # block recipe: qwen3, llama or gpt2 (gpt2: the recipe before 01c_recipe)
               optimizer:str=None,   # muon (Muon for hidden matrices, AdamW for the rest) or adamw
+              weight_decay:float=None, # decoupled weight decay of the matrices
               early_stop:bool=False,# stop when val loss rises 2 evals in a row while train loss falls (default: on past 4 epochs)
               no_early_stop:bool=False, # never stop early (the `overfit` event is still logged)
               debug:bool=False):    # show tracebacks
@@ -70,7 +71,7 @@ def train_defaults() -> dict:
     from chatgot.train import FLAGS, resolve_flags
     per = {p: resolve_flags({'preset': p, 'device': 'cpu'}) for p in PRESETS}
     out = {'out': 'runs/<timestamp>', 'device': 'auto', 'precision': 'auto', 'preset': '14m', 'n_layer': "the preset's", 'n_head': "the preset's",
-           'n_embd': "the preset's", 'dropout': "the preset's", 'early_stop': 'on when the run sees its training text more than 4 times'}
+           'n_embd': "the preset's", 'dropout': "the preset's; 0.2 when the run sees its training text more than 10 times", 'early_stop': 'on when the run sees its training text more than 4 times'}
     for k in FLAGS:
         if k in out: continue
         vals = {p: f[k] for p, f in per.items()}
@@ -117,13 +118,13 @@ def chat_cmd(ckpt:str=None,    # a run folder or one checkpoint folder (required
              as_name:str=None, # the character the model plays (default: the corpus's most frequent speaker)
              debug:bool=False):# show tracebacks
     "Talk with a checkpoint: each line you type is your turn, the model answers in character; /quit or Ctrl-D ends"
-    from chatgot.chat import chat, default_speaker
+    from chatgot.chat import character_lengths, chat, pick_character
     from chatgot.checkpoint import load_for_inference
     model, tok, meta = load_for_inference(_need_ckpt(ckpt))
-    name = ' '.join((as_name or default_speaker(meta)).replace(':', ' ').split()).upper()
-    if not name: raise ValueError("--as needs a character name")
+    name, note = pick_character(meta, as_name)  # an unknown name: a warning with the top speakers; no speakers: plain continuation
+    if note: print(note, file=sys.stderr, flush=True)
     inp = _Input(sys.stdin)
-    chat(model, tok, name, inp=inp)
+    chat(model, tok, name, inp=inp, lengths=character_lengths(meta, tok, name))
     if inp.eof and inp.isatty(): print()  # Ctrl-D left the cursor after "YOU: ": the shell prompt gets its own line
     return 0
 chat_cmd.rename = {'as_name': '--as'}  # `as` is a Python keyword: the parameter has another name than the flag

@@ -13,10 +13,10 @@ from .data import NAME_LINE, encode_text
 from .model import GPT
 
 # %% auto #0
-__all__ = ['BOUNDARIES', 'DEFAULT_PROMPT', 'GenContext', 'Temperature', 'TopK', 'TopP', 'MinP', 'window_counts',
-           'RepetitionPenalty', 'FrequencyPenalty', 'PresencePenalty', 'NoRepeatNGram', 'DynaTemp', 'make_processors',
-           'byte_table', 'decode', 'find_boundary', 'trim_text', 'finish', 'protected_ids', 'unwrap_model',
-           'seeded_generator', 'generate', 'TextStop', 'generate_text']
+__all__ = ['STAGE_LINE', 'stage_re', 'BOUNDARIES', 'DEFAULT_PROMPT', 'GenContext', 'Temperature', 'TopK', 'TopP', 'MinP',
+           'window_counts', 'RepetitionPenalty', 'FrequencyPenalty', 'PresencePenalty', 'NoRepeatNGram', 'DynaTemp',
+           'make_processors', 'byte_table', 'decode', 'namelike', 'name_cut', 'find_boundary', 'trim_text', 'finish',
+           'protected_ids', 'unwrap_model', 'seeded_generator', 'generate', 'TextStop', 'generate_text']
 
 # %% ../nbs/09_generate.ipynb #fd1dffa5
 @dataclass
@@ -183,15 +183,38 @@ def decode(ids, table:list[bytes]) -> str:
     return codecs.getincrementaldecoder('utf-8')('replace').decode(b''.join(table[i] for i in ids))
 
 # %% ../nbs/09_generate.ipynb #f8780438
-_turn_end = re.compile(rf"(?<=\S)\n(?:\n|(?={NAME_LINE}))")
+STAGE_LINE = (r"(?:(?:Enter|Exit|Exeunt|Re-enter|Manet|Flourish|Alarums?|Sennet|Tucket|Hautboys|Trumpets?|Thunder|Knocking)"
+              r"(?=[ \t.,;]|$)[^\n]*|(?:Aside|Within|Dies)\.?[ \t]*$|Aside,? to [^\n]*|To [A-Z]{2,}[^\n]*"
+              r"|\[[^\]\n]*\][ \t]*$|\([^)\n]*\)[ \t]*$)")  # a stage direction on its own line, as the plays and scripts write them
+stage_re = re.compile(rf"^{STAGE_LINE}", re.M)
+_turn_end = re.compile(rf"(?<=\S)\n(?:\n|(?={NAME_LINE})|(?={STAGE_LINE}))", re.M)
+_caps_run = re.compile(r"[A-Z][A-Z .'&-]*[A-Z]\.?:(?=\n)")  # a speaker name and its colon, the end of its line
+_namelike_re = re.compile(r"[A-Za-z][A-Za-z0-9 .'&-]{0,59}:")
 _sentence_end = re.compile(r"(?<!\bSt)(?<!\bMr)(?<!\bMrs)(?<!\bDr)[.!?]+[\"')\]]*(?=\s)")
 _sentence_end_or_eos = re.compile(r"(?<!\bSt)(?<!\bMr)(?<!\bMrs)(?<!\bDr)[.!?]+[\"')\]]*(?=\s|\Z)")
 BOUNDARIES = ('turn', 'sentence')
 
+def namelike(line:str) -> bool:
+    "`line` looks like a speaker's `NAME:` or a garbled piece of one (`CraIA:`): letters and a colon, mostly capitals"
+    if not _namelike_re.fullmatch(line.strip()): return False
+    up, low = sum(c.isupper() for c in line), sum(c.islower() for c in line)
+    return up >= 1 and up >= low  # `S:` and `IA:` are pieces of names too
+
+def name_cut(text:str) -> int|None:
+    "Where another speaker's name starts inside `text`: glued to the speech (`...notDROMIO OF EPHESUS:`) or a name-like line"
+    cuts = [m.start() for m in _caps_run.finditer(text) if text[text.rfind('\n', 0, m.start()) + 1:m.start()].strip()][:1]
+    start = 0
+    for line in text.split('\n')[:-1]:  # whole lines only: the last one may still grow
+        if start and text[:start].strip() and namelike(line): cuts.append(start - 1); break
+        start += len(line) + 1
+    return min(cuts) if cuts else None
+
 def find_boundary(text:str, at=BOUNDARIES) -> int|None:
     "Index to cut `text` at its first boundary of the kinds in `at` ('turn', 'sentence'), or None"
     cuts = []
-    if 'turn' in at and (m := _turn_end.search(text)): cuts.append(m.start())
+    if 'turn' in at:
+        if m := _turn_end.search(text): cuts.append(m.start())
+        if (c := name_cut(text)) is not None: cuts.append(c)
     if 'sentence' in at and (m := _sentence_end.search(text)): cuts.append(m.end())
     return min(cuts) if cuts else None
 

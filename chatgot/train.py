@@ -6,10 +6,10 @@ Docs: https://chatgot.github.io/chatgot/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #4b6755be
 from __future__ import annotations
-import dataclasses, json, shlex, sys, time
+import dataclasses, json, math, shlex, sys, time
 from pathlib import Path
 import torch
-from .checkpoint import CheckpointCallback, find_checkpoint, list_checkpoints, load_checkpoint
+from .checkpoint import CheckpointCallback, best_checkpoint, find_checkpoint, list_checkpoints, load_checkpoint
 from .data import atomic_write_text, prepare_data
 from .batch_size import MicroBatchController
 from .distributed import DDPCallback, distributed
@@ -26,9 +26,10 @@ from .model import ARCHS, GPT, PRESETS, preset_config
 from tokenizers import Tokenizer
 
 # %% auto #0
-__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'OVERFIT_EPOCHS', 'EARLY_STOP_EPOCHS', 'UsageError', 'as_switch', 'as_micro_batch_size',
-           'resolve_flags', 'prepare_run', 'check_same_data', 'corpus_facts', 'corpus_lines', 'CompileCallback',
-           'run_callbacks', 'checkpoint_sizes', 'run_summary', 'train']
+__all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'OVERFIT_EPOCHS', 'EARLY_STOP_EPOCHS', 'MAX_EPOCHS', 'SMALL_DROPOUT', 'SMALL_WEIGHT_DECAY',
+           'TUNED', 'UsageError', 'as_switch', 'as_micro_batch_size', 'resolve_flags', 'prepare_run', 'check_same_data',
+           'corpus_facts', 'corpus_lines', 'small_corpus_defaults', 'CompileCallback', 'run_callbacks',
+           'checkpoint_sizes', 'run_summary', 'train']
 
 # %% ../nbs/10_train.ipynb #fe4b8943
 TRAIN_DEFAULTS = {
@@ -65,12 +66,12 @@ def as_micro_batch_size(v, most:int, world:int=1) -> str|int:
 FLAGS = ('data', 'val_fraction', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
          'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile',
-         'arch', 'optimizer', 'early_stop')
+         'arch', 'optimizer', 'early_stop', 'weight_decay')
 
 def resolve_flags(given:dict, stored:dict|None=None,
                   world:int=1) -> dict: # processes the run is split over (torchrun)
     "Every flag's value, parsed: given, else stored (on resume), else the preset's default"
-    legacy = dict(arch='gpt2', optimizer='adamw') if stored is not None else {}  # runs made before these flags existed
+    legacy = dict(arch='gpt2', optimizer='adamw', weight_decay=0.1) if stored is not None else {}  # runs made before these flags existed
     f = {**legacy, **(stored or {}), **{k: v for k, v in given.items() if v is not None}}
     preset = f.get('preset') or '14m'
     if preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -79,6 +80,7 @@ def resolve_flags(given:dict, stored:dict|None=None,
                 vocab_size=p.get('vocab_size', 8192), device='auto', seed=0, eval_batches=20, keep_last=1,
                 log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
                 arch=p['arch'], optimizer='muon', early_stop=None,  # early_stop None: decided from the corpus (see `corpus_facts`)
+                weight_decay=0.1,  # raised for a small corpus unless given (see `small_corpus_defaults`)
                 **TRAIN_DEFAULTS[preset])
     f = {**base, **{k: v for k, v in f.items() if v is not None}}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
@@ -88,6 +90,10 @@ def resolve_flags(given:dict, stored:dict|None=None,
     if not (isinstance(f['val_fraction'], (int, float)) and 0 < f['val_fraction'] <= 0.5):
         raise UsageError(f"--val-fraction must be in (0, 0.5], got {f['val_fraction']!r}")
     if not (isinstance(f['lr'], (int, float)) and 0 < f['lr'] < 1): raise UsageError(f"--lr must be in (0, 1), got {f['lr']!r}")
+    if not (isinstance(f['weight_decay'], (int, float)) and 0 <= f['weight_decay'] < 10):
+        raise UsageError(f"--weight-decay must be a number in [0, 10), got {f['weight_decay']!r}")
+    if f.get('dropout') is not None and not (isinstance(f['dropout'], (int, float)) and 0 <= f['dropout'] < 1):
+        raise UsageError(f"--dropout must be in [0, 1), got {f['dropout']!r}")
     if f['tokenizer'] not in ('bpe', 'char'): raise UsageError(f"--tokenizer must be bpe or char, got {f['tokenizer']!r}")
     if f['arch'] not in ARCHS: raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {f['arch']!r}")
     if f['optimizer'] not in ('adamw', 'muon'): raise UsageError(f"--optimizer must be adamw or muon, got {f['optimizer']!r}")
@@ -170,6 +176,39 @@ def corpus_lines(facts:dict, data, f:dict) -> tuple[list[str], list[str]]:
                     "val loss will be noisy; more text or a larger --val-fraction help")
     return info, warn
 
+# %% ../nbs/10_train.ipynb #b28dfd1a
+MAX_EPOCHS = 40  # a small corpus: steps are capped at this many passes over the training text
+SMALL_DROPOUT, SMALL_WEIGHT_DECAY = 0.2, 0.1  # a small corpus: nanoGPT's Shakespeare-char dropout; weight decay (see below)
+TUNED = ('steps', 'dropout', 'weight_decay', 'eval_every', 'save_every')  # the flags a small corpus may change
+
+def small_corpus_defaults(f:dict, epochs:float, # passes over the training text at `f['steps']`
+                          free=TUNED, # the flags the user did not give and the run did not store: only these change
+                          dropout:float=0.): # the model's dropout without a change (the preset's)
+    "Settings for a corpus seen more than `OVERFIT_EPOCHS` times, and the line that says what they are and why"
+    if epochs <= OVERFIT_EPOCHS: return {}, []
+    ch, why = {}, []
+    if 'steps' in free and epochs > MAX_EPOCHS:
+        ch['steps'] = max(8, math.ceil(f['steps'] * MAX_EPOCHS / epochs))
+        why.append(f"steps {ch['steps']} (not {f['steps']}: at most {MAX_EPOCHS} passes)")
+    steps = ch.get('steps', f['steps'])
+    if 'dropout' in free and dropout < SMALL_DROPOUT:
+        ch['dropout'] = SMALL_DROPOUT
+        why.append(f"dropout {SMALL_DROPOUT:g} (not {dropout:g}: nanoGPT's Shakespeare-char value, against memorising)")
+    if 'weight_decay' in free and f['weight_decay'] != SMALL_WEIGHT_DECAY:
+        ch['weight_decay'] = SMALL_WEIGHT_DECAY
+        why.append(f"weight decay {SMALL_WEIGHT_DECAY:g} (not {f['weight_decay']:g})")
+    ev = max(1, steps // 8)
+    if 'eval_every' in free and f['eval_every'] and f['eval_every'] > ev: ch['eval_every'] = ev
+    ev = ch.get('eval_every', f['eval_every'])
+    if 'save_every' in free and f['save_every'] and ev and f['save_every'] != ev: ch['save_every'] = ev
+    if 'eval_every' in ch or 'save_every' in ch:
+        why.append(f"eval and save every {ev} steps (at least 8 evals, a checkpoint at each: the overfit check and the best "
+                   "checkpoint need them)")
+    if not why: return {}, []
+    line = (f"small corpus: {epochs:g} passes over the training text (more than {OVERFIT_EPOCHS}), so " + '; '.join(why) +
+            ". Each is a flag: --" + ', --'.join(k.replace('_', '-') for k in ch) + " choose otherwise")
+    return ch, [line]
+
 # %% ../nbs/10_train.ipynb #5ebbab89
 class CompileCallback(Callback):
     "Train through `torch.compile(learn.train_model)`; evaluation, sampling and checkpoints use the eager model"
@@ -201,6 +240,10 @@ def checkpoint_sizes(ckpt:Path) -> tuple[int, int]:
     files = [p for p in Path(ckpt).iterdir() if p.is_file()]
     return sum(p.stat().st_size for p in files if p.name == 'model.safetensors'), sum(p.stat().st_size for p in files)
 
+def _ckpt_val_loss(ck:Path) -> float|None:
+    try: return json.loads((Path(ck)/'meta.json').read_text()).get('val_loss')
+    except (OSError, ValueError): return None
+
 def run_summary(learn, out:Path, steps:int) -> str:
     "The closing lines of `chatgot train`: final val loss, checkpoints on disk, and the commands to go on with"
     q = shlex.quote(str(out))
@@ -212,10 +255,21 @@ def run_summary(learn, out:Path, steps:int) -> str:
         w, t = checkpoint_sizes(cks[0])
         lines.append(f"checkpoints: {len(cks)} kept in {out/'checkpoints'} ({_mb(sum(checkpoint_sizes(c)[1] for c in cks))}; "
                      f"each {_mb(t)}: weights {_mb(w)}, optimizer state and the rest {_mb(t - w)})")
+    best = best_checkpoint(out/'checkpoints')
+    ov = next((r for r in reversed(learn.recorder.rows) if r.get('event') == 'overfit'), None)
+    if learn.interrupted == 'overfit' and ov:
+        lines.append(f"stopped early at step {learn.step} of {steps} (--early-stop): val loss rose {ov['rises']} evals in a row "
+                     f"({ov['from_val_loss']:.4f} at step {ov['from_step']} -> {ov['val_loss']:.4f}) while train loss fell "
+                     f"({ov['from_train_loss']:.4f} -> {ov['train_loss']:.4f}): the model had started to memorise the training text")
+    if best is not None:
+        vl = _ckpt_val_loss(best)
+        lines.append(f"best checkpoint: {best}{f' (val loss {vl:.4f})' if vl is not None else ''}, named in "
+                     f"{out/'checkpoints'/'best'}; chat, generate, eval and export use it")
     lines.append(f"plot: {out/'plot.png'}")
     done = learn.step >= steps and not learn.interrupted
     lines += [f"chat:     chatgot chat --ckpt {q}", f"evaluate: chatgot eval --ckpt {q}"]
     lines.append(f"train on: chatgot train --out {q} --resume --steps {2 * steps}" if done else
+                 f"train on: chatgot train --out {q} --resume --no-early-stop (past the overfit point)" if learn.interrupted == 'overfit' else
                  f"resume:   chatgot train --out {q} --resume")
     return '\n'.join(lines)
 
@@ -247,6 +301,11 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     mc = preset_config(f['preset'], vocab_size=data.vocab_size, arch=f['arch'], n_layer=f['n_layer'], n_head=f['n_head'],
                        n_embd=f['n_embd'], dropout=f['dropout'])
     if f['seq_len'] > mc.block_size: raise UsageError(f"--seq-len {f['seq_len']} is longer than the model's context ({mc.block_size})")
+    with torch.device('meta'): n_params = GPT(mc).num_params()  # the size, without building the weights
+    free = set() if stored is not None else {k for k in TUNED if flags.get(k) is None}  # resume: the stored flags win
+    tuned, tuned_lines = small_corpus_defaults(f, corpus_facts(data, f, n_params)['epochs'], free, mc.dropout)
+    f.update(tuned)
+    if 'dropout' in tuned: mc = dataclasses.replace(mc, dropout=tuned['dropout'])
     torch.manual_seed(f['seed'])
     model = GPT(mc)
     d.seed(f['seed'])  # ranks other than 0: dropout masks of their own
@@ -256,16 +315,16 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     if d.world > 1: config['processes'] = d.world
     facts = corpus_facts(data, f, model.num_params())
     if f['early_stop'] is None: f['early_stop'] = facts['epochs'] > EARLY_STOP_EPOCHS
-    config['data'].update(facts)
+    config['data'].update(facts, small_corpus_defaults=tuned)
     if d.main:
         info, warn = corpus_lines(facts, data, f)
-        if not quiet: print('\n'.join(info), flush=True)
+        if not quiet: print('\n'.join(info + tuned_lines), flush=True)
         for w in warn: print(w, file=sys.stderr, flush=True)
     mine = {type(c) for c in cbs}  # a callback passed in `cbs` replaces the default of its type
     default = run_callbacks(f, out, config, quiet or not d.main) + ([DDPCallback()] if d.world > 1 else [])
     default = [c for c in default if type(c) not in mine and (d.main or not isinstance(c, SampleCallback))]
     learn = Learner(model, data, cbs=default + list(cbs),
-                    lr=f['lr'], optimizer=f['optimizer'], batch_size=f['batch_size'], seq_len=f['seq_len'],
+                    lr=f['lr'], optimizer=f['optimizer'], weight_decay=f['weight_decay'], batch_size=f['batch_size'], seq_len=f['seq_len'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
                     total_steps=f['steps'], device=device, seed=f['seed'], out=out if d.main else None, dist=d)
     learn.recorder.log_every = f['log_every']
