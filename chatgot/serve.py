@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from .chat import SAMPLING_DEFAULTS, ChatSession, characters, default_speaker, speaker_name, stream_reply
+from .chat import SAMPLING_DEFAULTS, ChatSession, characters, pick_character, speaker_name, stream_reply
 from .checkpoint import load_for_inference
 from .generate import byte_table, make_processors
 
@@ -33,7 +33,7 @@ def message_text(content) -> str:
     return '\n'.join(p.get('text') or '' for p in content if isinstance(p, dict) and p.get('type') == 'text')
 
 def chat_session(model, tok, messages:list[dict], # OpenAI messages: role, content, optional name
-                 character:str, # the character the model plays
+                 character:str|None, # the character the model plays (None: it continues the text)
                  **kw) -> ChatSession: # `ChatSession` settings
     "A `ChatSession` holding `messages` as scene and turns, ready for the character's reply"
     s, scene = ChatSession(model, tok, character, **kw), []
@@ -44,7 +44,7 @@ def chat_session(model, tok, messages:list[dict], # OpenAI messages: role, conte
         elif m['role'] == 'user':
             s.user = speaker_name(m.get('name') or 'YOU')
             s.add(s.user, text)
-        else: s.add(speaker_name(m.get('name') or character), text)
+        else: s.add(speaker_name(m.get('name') or character or 'MODEL'), text)  # no character: plain text, the name is not shown
     s.scene = '\n\n'.join(scene)
     return s
 
@@ -219,7 +219,8 @@ def make_app(model, tok, meta:dict, api_key:str|None=None, limits:Limits|None=No
     "The FastAPI app serving `model`: OpenAI's /v1/chat/completions, /v1/completions, /v1/models; /health; the page at /"
     limits = limits or Limits()
     app, gens = FastAPI(title='ChatGoT', docs_url=None, redoc_url=None), Generations(limits)
-    names, table, created = characters(meta) or [default_speaker(meta)], byte_table(tok), int(time.time())
+    default = pick_character(meta)[0]  # None: the corpus has no speakers, chat continues the user's text
+    names, table, created = characters(meta) or ([default] if default else []), byte_table(tok), int(time.time())
     app.state.generations, app.state.limits = gens, limits
 
     @app.exception_handler(APIError)
@@ -240,7 +241,7 @@ def make_app(model, tok, meta:dict, api_key:str|None=None, limits:Limits|None=No
             if r.character: return speaker_name(r.character)
             if r.model and r.model.upper() in names: return r.model.upper()
         except ValueError as e: raise APIError(400, str(e), param='character') from None
-        return names[0]
+        return names[0] if names else None
 
     @app.get('/', response_class=HTMLResponse)
     async def page(): return page_html()
@@ -292,7 +293,7 @@ def make_app(model, tok, meta:dict, api_key:str|None=None, limits:Limits|None=No
             delta = {'role': 'assistant', 'content': ''} if text is None else ({'content': text} if text else {})
             return dict(id=cid, object='chat.completion.chunk', created=t, model=mid, choices=[dict(index=0, delta=delta, finish_reason=finish)])
         def full(res):
-            msg = dict(role='assistant', content=res['text'], name=name)
+            msg = dict(role='assistant', content=res['text'], **({'name': name} if name else {}))
             return dict(id=cid, object='chat.completion', created=t, model=mid, usage=_usage(res),
                         choices=[dict(index=0, message=msg, finish_reason=res['finish_reason'])])
         return await answer(r, job, 'chat', chunk, full, request)

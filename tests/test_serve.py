@@ -202,3 +202,18 @@ def test_page_in_a_real_browser(run, tmp_path):
             assert page.locator('.turn').count() == n and page.locator('.turn.error').count() == 0
             b.close()
     finally: p.terminate(); p.wait(10)
+
+def test_plain_corpus_continues_text(run, tmp_path):
+    "A run whose corpus has no speakers: the server plays no fallback character, it continues the text (no `name`)"
+    from fastapi.testclient import TestClient
+    from chatgot.checkpoint import load_for_inference
+    from chatgot.serve import make_app
+    model, tok, meta = load_for_inference(run, 'cpu')
+    (tmp_path/'plain.txt').write_text("the sea was calm and the ships came home at night. " * 40)
+    meta = {**meta, 'config': {**meta['config'], 'flags': {**meta['config']['flags'], 'data': str(tmp_path/'plain.txt')}}}
+    c = TestClient(make_app(model, tok, meta))
+    assert [m['id'] for m in c.get('/v1/models').json()['data']] == ['chatgot']
+    r = c.post('/v1/chat/completions', json=dict(messages=[dict(role='user', content='the ships')], max_tokens=8, seed=0))
+    assert r.status_code == 200, r.text
+    msg = r.json()['choices'][0]['message']
+    assert 'name' not in msg and isinstance(msg['content'], str)
