@@ -63,6 +63,7 @@ def pick_character(meta:dict, name:str|None=None, # `--as`: the character asked 
 # %% ../nbs/09b_chat.ipynb #8c398df4
 _maybe_name = re.compile(r"[A-Z][A-Z0-9 .'&-]{0,59}:?|[A-Za-z][A-Za-z'’-]{0,59}:?|[\[(][^\n]*") # a last line that may still become a name (or a garbled one) or a direction
 _caps_tail = re.compile(r"[A-Z][A-Z .'&-]*:?\Z") # capitals at the end of a line with speech before them: maybe a glued name
+_direction_tail = re.compile(r"(?<=[.!?;:,]) (?:Re-enter|Enter|Exit|Exeunt|Manet)?[ \t]*\Z") # may still become an inline direction
 
 def _off_turn(line:str) -> bool:
     "A whole line that is not the character's speech: a `NAME:` (or garbled name) line or a stage direction"
@@ -74,7 +75,7 @@ def _drop_tail(t:str) -> str:
     if '\n' in t and (_off_turn(last) or _maybe_name.fullmatch(last) and any(c.isupper() for c in last[1:])): t = t[:t.rfind('\n')]
     if (m := _caps_tail.search(t)) and t[t.rfind('\n', 0, m.start()) + 1:m.start()].strip() and len(m.group().strip(' :')) > 1:
         t = t[:m.start()]
-    return t
+    return _direction_tail.sub('', t)
 
 class ReplyText:
     "The text of a reply as its tokens arrive: what is safe to show (nothing a later token can take back) and whether it ended"
@@ -104,6 +105,7 @@ class ReplyText:
     def _safe(self, t:str) -> str:
         if self.turn and _maybe_name.fullmatch(t[t.rfind('\n') + 1:]): t = t[:t.rfind('\n') + 1]
         if self.turn and (m := _caps_tail.search(t.rstrip())) and t[t.rfind('\n', 0, m.start()) + 1:m.start()].strip(): t = t[:m.start()]
+        if self.turn: t = _direction_tail.sub('', t)  # `... me. Enter` may become `Enter HORATIO`: not shown until it is speech
         k = max((k for s in self.stops for k in range(1, len(s)) if t.endswith(s[:k])), default=0)
         t = t[:len(t) - k]
         if self.trim == 'word': t = re.sub(r"[\w'’-]+\Z", '', t)

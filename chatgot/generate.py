@@ -13,10 +13,10 @@ from .data import NAME_LINE, encode_text
 from .model import GPT
 
 # %% auto #0
-__all__ = ['STAGE_LINE', 'stage_re', 'BOUNDARIES', 'DEFAULT_PROMPT', 'GenContext', 'Temperature', 'TopK', 'TopP', 'MinP',
-           'window_counts', 'RepetitionPenalty', 'FrequencyPenalty', 'PresencePenalty', 'NoRepeatNGram', 'DynaTemp',
-           'make_processors', 'byte_table', 'decode', 'namelike', 'name_cut', 'find_boundary', 'trim_text', 'finish',
-           'protected_ids', 'unwrap_model', 'seeded_generator', 'generate', 'TextStop', 'generate_text']
+__all__ = ['STAGE_LINE', 'stage_re', 'INLINE_STAGE', 'BOUNDARIES', 'DEFAULT_PROMPT', 'GenContext', 'Temperature', 'TopK', 'TopP',
+           'MinP', 'window_counts', 'RepetitionPenalty', 'FrequencyPenalty', 'PresencePenalty', 'NoRepeatNGram',
+           'DynaTemp', 'make_processors', 'byte_table', 'decode', 'namelike', 'name_cut', 'find_boundary', 'trim_text',
+           'finish', 'protected_ids', 'unwrap_model', 'seeded_generator', 'generate', 'TextStop', 'generate_text']
 
 # %% ../nbs/09_generate.ipynb #fd1dffa5
 @dataclass
@@ -187,6 +187,8 @@ STAGE_LINE = (r"(?:(?:Enter|Exit|Exeunt|Re-enter|Manet|Flourish|Alarums?|Sennet|
               r"(?=[ \t.,;]|$)[^\n]*|(?:Aside|Within|Dies)\.?[ \t]*$|Aside,? to [^\n]*|To [A-Z]{2,}[^\n]*"
               r"|\[[^\]\n]*\][ \t]*$|\([^)\n]*\)[ \t]*$)")  # a stage direction on its own line, as the plays and scripts write them
 stage_re = re.compile(rf"^{STAGE_LINE}", re.M)
+INLINE_STAGE = r"(?<=[.!?;:,] )(?:(?:Exit|Exeunt|Manet)\b|(?:Re-enter|Enter) (?=[A-Z]))"  # a direction inside a turn, as CSV scripts join them
+_inline_stage = re.compile(INLINE_STAGE)
 _turn_end = re.compile(rf"(?<=\S)\n(?:\n|(?={NAME_LINE})|(?={STAGE_LINE}))", re.M)
 _caps_run = re.compile(r"[A-Z][A-Z .'&-]*[A-Z]\.?:(?=\n)")  # a speaker name and its colon, the end of its line
 _namelike_re = re.compile(r"[A-Za-z][A-Za-z0-9 .'&-]{0,59}:")
@@ -215,6 +217,7 @@ def find_boundary(text:str, at=BOUNDARIES) -> int|None:
     if 'turn' in at:
         if m := _turn_end.search(text): cuts.append(m.start())
         if (c := name_cut(text)) is not None: cuts.append(c)
+        if m := _inline_stage.search(text): cuts.append(m.start() - 1)  # `... o'er the hill. Exit`: the speech ends before it
     if 'sentence' in at and (m := _sentence_end.search(text)): cuts.append(m.end())
     return min(cuts) if cuts else None
 

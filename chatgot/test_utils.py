@@ -7,6 +7,7 @@ Docs: https://chatgot.github.io/chatgot/test_utils.html.md"""
 # %% ../nbs/90_test_utils.ipynb #0bf9100d
 from __future__ import annotations
 import io, os, random, re
+from pathlib import Path
 from dataclasses import dataclass, field
 import numpy as np, torch
 from .data import TokenData, token_bytes, train_tokenizer
@@ -20,7 +21,7 @@ from .eta import EtaEstimator, StepTimer, due_count
 # %% auto #0
 __all__ = ['SLOW_ENV', 'TRACES', 'tiny_text', 'tiny_data', 'tiny_model', 'skip_slow_cells', 'plain_figures', 'ScriptedLearner',
            'noisy', 'InjectSpikes', 'InjectNonFinite', 'InjectOOM', 'Trace', 'tqdm_eta', 'replay', 'eta_errors',
-           'eta_jumps', 'synthetic_trace']
+           'eta_jumps', 'synthetic_trace', 'play_csv', 'turn_faults']
 
 # %% ../nbs/90_test_utils.ipynb #9a4cb478
 def tiny_text(n_turns:int=400, seed:int=0) -> str:
@@ -292,3 +293,43 @@ def synthetic_trace(kind:str, n:int=1000, step_s:float=0.25, jitter:float=0.05, 
     return tr
 
 TRACES = ('steady', 'rate_change', 'periodic_slow', 'compile', 'eval_pauses', 'micro_batch')
+
+# %% ../nbs/90_test_utils.ipynb #4535a6f2
+def play_csv(play:str, # a built-in play's file stem: 'hamlet', 'macbeth', ...
+             path, limit:int|None=None # the CSV to write; its size in bytes at most (whole turns)
+            ) -> Path:
+    "Write a built-in play as a `Name,Sentence` CSV (one row per turn, its lines joined by spaces)"
+    import csv
+    from chatgot.data import builtin_files, play_to_dialogue
+    f = next((p for p in builtin_files('shakespeare') if p.stem == play), None)
+    if f is None: raise ValueError(f"no built-in play {play!r}")
+    rows, n = [], 0
+    for blk in play_to_dialogue(f.read_text(encoding='utf-8')).split('\n\n'):
+        m = re.match(r"([A-Z][^\n:]{0,59}):\n", blk)
+        if not m: continue
+        row = (m.group(1), ' '.join(blk[m.end():].split('\n')))
+        n += len(row[0]) + len(row[1]) + 4
+        if limit and n > limit: break
+        rows.append(row)
+    with open(path, 'w', newline='', encoding='utf-8') as fh:
+        w = csv.writer(fh); w.writerow(['Name', 'Sentence']); w.writerows(rows)
+    return Path(path)
+
+_glued = re.compile(r"[a-z,.;!?'][A-Z]{2,}[A-Z .'&-]*:")  # 'will you have notDROMIO OF EPHESUS:'
+
+def _name_line(l:str) -> bool:
+    "A line that is a speaker's name (`CraIA:`, `KING:`): mostly capitals, ending with a colon"
+    l = l.strip()
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9 .'&-]{0,59}:", l): return False
+    up = sum(c.isupper() for c in l)
+    return up >= 2 and up >= sum(c.islower() for c in l)
+
+def turn_faults(replies:list[str]) -> dict:
+    "How many replies are empty, repeat an earlier reply verbatim, carry a glued speaker name, or a name line"
+    seen, rep = set(), 0
+    for r in replies:
+        rep += r.strip() in seen; seen.add(r.strip())
+    from chatgot.generate import INLINE_STAGE, stage_re
+    return dict(empty=sum(not r.strip() for r in replies), repeated=rep, glued_name=sum(bool(_glued.search(r)) for r in replies),
+                name_line=sum(any(_name_line(l) for l in r.splitlines()) for r in replies),
+                direction=sum(bool(stage_re.search(r) or re.search(INLINE_STAGE, r)) for r in replies))

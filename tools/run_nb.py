@@ -12,6 +12,6 @@ os.environ['CHATGOT_SLOW'] = '1'  # skip_slow_cells() in a notebook lets them ru
 root = Path(__file__).resolve().parents[1]
 for p in sys.argv[1:]:
     t0 = time.time()
-    ok, _ = test_nb(Path(p).resolve(), skip_flags=['notest', 'cuda'], basepath=root, save=True)
+    ok, _ = test_nb(Path(p).resolve(), skip_flags=["notest", "cuda"], basepath=root, save=True, cell_timeout=3 * 3600)  # a validation run takes as long as it takes
     print(f"{Path(p).name}: {'ok' if ok else 'FAILED'} in {time.time() - t0:.0f}s", flush=True)
     if not ok: sys.exit(1)
