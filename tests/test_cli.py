@@ -47,17 +47,19 @@ def test_train_says_where_the_run_is_and_what_next(run):
     ckpts = sorted(p.name for p in (tmp/'run'/'checkpoints').glob('step-*'))
     assert 1 <= len(ckpts) <= 2 and ckpts[-1] == 'step-0000012'  # keep_last 1, plus the best by val loss
 
+WIDE = {'COLUMNS': '200'}  # argparse wraps help to the terminal ($COLUMNS): one width wherever pytest runs (xdist workers have none)
+
 def test_version_and_help():
     from chatgot import __version__
     p = chatgot('--version')
     assert p.returncode == 0 and p.stdout.strip() == f"chatgot {__version__}"
-    p = chatgot('--help')
+    p = chatgot('--help', env=WIDE)
     assert p.returncode == 0
     for cmd in ('train', 'generate', 'chat', 'eval', 'plot', 'runs'):
         assert re.search(rf"^  {cmd}\s+\w", p.stdout, re.M), p.stdout  # each command, with a description
-    p = chatgot('chat', '--help')
+    p = chatgot('chat', '--help', env=WIDE)
     assert p.returncode == 0 and '--as ' in p.stdout and '--as-name' not in p.stdout
-    p = chatgot('train', '--help')
+    p = chatgot('train', '--help', env=WIDE)
     opts = re.findall(r"^  (--[\w-]+)(.*(?:\n {10,}.*)*)", p.stdout, re.M)
     assert len(opts) >= 28
     for name, text in opts:
