@@ -1,13 +1,14 @@
 """Training throughput: a plain fp32 eager loop vs chatgot's pipeline, and what the safety callbacks cost.
 
-python bench/train_speed.py [--repeats 3] [--steps 3] [--shapes 14m,baby] [--no-compile]
+python bench/train_speed.py [--repeats 3] [--steps 3] [--shapes 14m,baby] [--no-compile] [--no-old]
     -> prints a table, writes bench/results/train_speed.json
 Per shape (14m: batch 64 x 256, vocab 8192; baby: batch 12 x 64, vocab 65), on the same random batches:
-  plain:    nanoGPT's loop in fp32 eager: forward, backward, clip, AdamW (foreach, not fused), zero_grad;
-  bare:     the same loop with what `train()` chooses for speed (`--precision auto`, the fused AdamW of
-            `configure_optimizer`) and no callbacks;
+  plain:    nanoGPT's loop in fp32 eager: its GPT-2 block, forward, backward, clip, AdamW (foreach, not fused), zero_grad;
+  bare:     the same loop with what `train()` runs by default (the preset's block, Muon for the hidden matrices and
+            fused AdamW for the rest, `--precision auto`) and no callbacks;
   chatgot:  the Learner with every default callback of `train()` (`run_callbacks`: precision checks, micro-batch
             controller, loss trend, ETA, recorder, checkpoints; no progress bar);
+  chatgot-old: chatgot with the previous recipe (`--arch gpt2 --optimizer adamw`);
   +compile: chatgot with `--compile` (CompileCallback: the training step through torch.compile), compile time
             excluded (reported apart).
 Times are taken between the ends of consecutive optimizer steps (after a warm-up step), so evals and the
@@ -22,6 +23,7 @@ from bench.machine import describe
 from chatgot.data import TokenData, train_tokenizer
 from chatgot.learner import Callback, Learner
 from chatgot.model import GPT, preset_config
+from chatgot.optim import make_optimizer
 from chatgot.precision import autocast_for, resolve_precision
 from chatgot.train import resolve_flags, run_callbacks
 
@@ -38,10 +40,11 @@ def _rate(ends, B, T):
     return B * T * (len(ends) - 1) / (ends[-1] - ends[0])
 
 def loop(preset, B, T, V, steps, fast:bool):
-    "plain (nanoGPT's GPT-2 block, fp32, foreach AdamW) or bare (train()'s precision and fused AdamW), no callbacks"
+    "plain (nanoGPT's GPT-2 block, fp32, foreach AdamW) or bare (train()'s block, optimizer and precision), no callbacks"
     torch.manual_seed(0)
     m = GPT(preset_config(preset, vocab_size=V, arch=None if fast else 'gpt2'))
-    opt = m.configure_optimizer(1e-3) if fast else torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), foreach=True)
+    opt = (make_optimizer(m, resolve_flags(dict(preset=preset))['optimizer'], lr=1e-3) if fast
+           else torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), foreach=True))
     ac = autocast_for(resolve_precision('auto', 'cpu') if fast else 'fp32', 'cpu')
     g = torch.Generator().manual_seed(0)
     ends = []
@@ -58,13 +61,13 @@ class StepEnds(Callback):
     def __init__(self): self.ends = []
     def after_step(self): self.ends.append(time.perf_counter())
 
-def pipeline(preset, B, T, V, steps, compile:bool):
-    "The Learner as `train()` builds it; returns (tok/s, compile+warm-up seconds)"
+def pipeline(preset, B, T, V, steps, compile:bool, **recipe):
+    "The Learner as `train()` builds it (`recipe`: arch/optimizer flags); returns (tok/s, compile+warm-up seconds)"
     torch.manual_seed(0)
     data = fake_data(V)
-    m = GPT(preset_config(preset, vocab_size=V))
     with tempfile.TemporaryDirectory() as d:
-        f = resolve_flags(dict(preset=preset, batch_size=B, seq_len=T, save_every=0, eval_every=0, steps=steps + 1, compile=compile))
+        f = resolve_flags(dict(preset=preset, batch_size=B, seq_len=T, save_every=0, eval_every=0, steps=steps + 1, compile=compile, **recipe))
+        m = GPT(preset_config(preset, vocab_size=V, arch=f['arch']))
         cbs = run_callbacks(f, Path(d), config={}, quiet=True)
         for c in cbs:
             if type(c).__name__ == 'CheckpointCallback': c.handle_signals = False
@@ -81,6 +84,7 @@ if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--repeats', type=int, default=3); ap.add_argument('--steps', type=int, default=3)
     ap.add_argument('--shapes', default='14m,baby'); ap.add_argument('--no-compile', action='store_true')
+    ap.add_argument('--no-old', action='store_true', help='leave out the previous recipe (chatgot-old)')
     ap.add_argument('--out', default=str(Path(__file__).parent/'results'/'train_speed.json'))
     a = ap.parse_args()
     res = dict(machine=describe(), precision=resolve_precision('auto', 'cpu'), rows=[])
@@ -89,6 +93,7 @@ if __name__ == '__main__':
         steps = a.steps if name == '14m' else a.steps * 40
         variants = {'plain': lambda: loop(name, B, T, V, steps, False), 'bare': lambda: loop(name, B, T, V, steps, True),
                     'chatgot': lambda: pipeline(name, B, T, V, steps, False)[0]}
+        if not a.no_old: variants['chatgot-old'] = lambda: pipeline(name, B, T, V, steps, False, arch='gpt2', optimizer='adamw')[0]
         row = dict(shape=name, batch_size=B, seq_len=T, steps=steps, repeats=a.repeats)
         if not a.no_compile:
             row['compile_s'] = warm_compile(name, B, T, V)
