@@ -133,9 +133,10 @@ def rope_cos_sin(pos:torch.Tensor, # positions `(T,)`
     return f.cos(), f.sin()
 
 def apply_rope(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tensor:
-    "Rotate `x` `(B, n_head, T, head_dim)` by the angles in `cos`, `sin`"
+    "Rotate `x` `(B, n_head, T, head_dim)` by the angles in `cos`, `sin`, in `x`'s dtype (as `transformers` does)"
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # bf16 stays bf16: fp32 products here cost 5 % of a bf16 `14m` step
     x1, x2 = x.chunk(2, dim=-1)
-    return (x * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 def _norm(config:GPTConfig, dim:int) -> nn.Module:
     if config.norm == 'rmsnorm': return nn.RMSNorm(dim, eps=config.norm_eps)

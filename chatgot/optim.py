@@ -12,7 +12,7 @@ import torch.nn as nn
 from torch.optim._muon import _adjust_lr  # torch's per-shape LR rule, so ours matches it
 
 # %% auto #0
-__all__ = ['param_groups', 'Optimizers', 'orthogonalize', 'Muon', 'make_optimizer', 'lr_at']
+__all__ = ['param_groups', 'Optimizers', 'orthogonalize', 'cpu_bf16', 'Muon', 'make_optimizer', 'lr_at']
 
 # %% ../nbs/01b_optim.ipynb #4d385be2
 def param_groups(model:nn.Module) -> dict:
@@ -52,11 +52,19 @@ def orthogonalize(g:torch.Tensor, coefficients=(3.4445, -4.775, 2.0315), steps:i
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if g.size(0) > g.size(1) else x
 
+def cpu_bf16() -> bool:
+    "Does this CPU multiply bf16 in hardware (AVX512-BF16 or AMX)?"
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+
 class Muon(torch.optim.Muon):
-    "`torch.optim.Muon` that orthogonalises in fp32 on the CPU (torch's bf16 path is emulated there)"
+    "`torch.optim.Muon`, except on a CPU without native bf16: there it orthogonalises in fp32 (torch's bf16 path would be emulated)"
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fp32_on_cpu = not cpu_bf16()  # a switch, so the fp32 path can be checked on any CPU
+
     @torch.no_grad()
     def step(self, closure=None):
-        if not any(p.device.type == 'cpu' for g in self.param_groups for p in g['params']): return super().step(closure)
+        if not (self.fp32_on_cpu and any(p.device.type == 'cpu' for g in self.param_groups for p in g['params'])): return super().step(closure)
         for g in self.param_groups:
             for p in g['params']:
                 if p.grad is None: continue

@@ -13,6 +13,7 @@ from fastcore.basics import patch
 from torch.amp.grad_scaler import _refresh_per_optimizer_state
 from tqdm.auto import tqdm
 from .learner import Callback
+from .optim import cpu_bf16
 
 # %% auto #0
 __all__ = ['PRECISIONS', 'DTYPES', 'native_bf16', 'native_fp16', 'autocast_works', 'resolve_precision', 'next_precision',
@@ -28,8 +29,7 @@ def native_bf16(device) -> bool:
     if d.type == 'cuda':
         try: return torch.cuda.is_bf16_supported(including_emulation=False)
         except TypeError: return torch.cuda.get_device_capability(d) >= (8, 0)
-    if d.type != 'cpu': return False
-    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
+    return d.type == 'cpu' and cpu_bf16()
 
 def _cpu_flags() -> set:
     try:
