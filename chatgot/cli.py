@@ -48,6 +48,7 @@ def train_cmd(data:str=None,        # corpus: a .txt/.md file, a folder, a dialo
               arch:str=None,        # block recipe: qwen3, llama or gpt2 (gpt2: the recipe before 01c_recipe)
               optimizer:str=None,   # muon (Muon for hidden matrices, AdamW for the rest) or adamw
               weight_decay:float=None, # decoupled weight decay of the matrices
+              embed_lr_scale:float=None, # with Muon: the token embedding's (and tied head's) LR as a multiple of --lr
               early_stop:bool=False,# stop when val loss rises 2 evals in a row while train loss falls (default: on past 4 epochs)
               no_early_stop:bool=False, # never stop early (the `overfit` event is still logged)
               debug:bool=False):    # show tracebacks

@@ -33,6 +33,7 @@ class Learner:
                  seq_len:int|None=None,    # tokens per sequence (None: the model's block size)
                  optimizer:str='adamw',    # 'adamw', or 'muon' for the hidden matrices (see `01b_optim`)
                  weight_decay:float=0.1, betas=(0.9, 0.95),
+                 embed_lr_scale:float=1.0, # with Muon: the embedding's LR as a multiple of `lr`
                  warmup:int=100,           # linear warmup steps
                  min_lr_frac:float=0.1,    # cosine decays to this fraction of `lr`
                  grad_clip:float=1.0,      # max gradient norm (0: no clipping)
@@ -49,7 +50,7 @@ class Learner:
         self.micro_batch_size = min(micro_batch_size or batch_size, self.local_batch_size)  # then `MicroBatchController`'s
         self.warmup, self.min_lr_frac, self.grad_clip, self.total_steps = warmup, min_lr_frac, grad_clip, total_steps
         self.eval_every, self.eval_n = eval_every, eval_batches
-        self.opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay, betas=betas)
+        self.opt = make_optimizer(model, optimizer, lr=lr, weight_decay=weight_decay, betas=betas, embed_lr_scale=embed_lr_scale)
         self.sampler = BatchSampler(data.train, batch_size, self.seq_len, seed=seed)
         self.tok_bytes = torch.as_tensor(token_bytes(data.tokenizer), device=self.device)
         self.step, self.tokens, self.precision, self.oom, self.fatal, self.val_step = 0, 0, 'fp32', None, None, None

@@ -81,6 +81,7 @@ def make_optimizer(model:nn.Module, kind:str='adamw', # 'adamw': AdamW everywher
                    lr:float=1e-3, weight_decay:float=0.1, # decay of the matrices (never of vectors)
                    betas=(0.9, 0.95), eps:float=1e-8, # AdamW's
                    muon_lr_scale:float=1.0, momentum:float=0.95, # Muon's
+                   embed_lr_scale:float=1.0, # with Muon: the token embedding's (and tied head's) LR is `lr` times this
                   ):
     "The training optimizer of `model`: one object with `param_groups`, `step`, `zero_grad` and a state dict"
     g = param_groups(model)
@@ -90,8 +91,8 @@ def make_optimizer(model:nn.Module, kind:str='adamw', # 'adamw': AdamW everywher
         return torch.optim.AdamW([dict(params=[p for p in ps if p.dim() >= 2], weight_decay=weight_decay),
                                   dict(params=[p for p in ps if p.dim() < 2], weight_decay=0.0)], lr=lr, betas=betas, eps=eps, **fused)
     if kind != 'muon': raise ValueError(f"optimizer must be adamw or muon, got {kind!r}")
-    adam = torch.optim.AdamW([dict(params=g['embed'], weight_decay=weight_decay), dict(params=g['vector'], weight_decay=0.0)],
-                             lr=lr, betas=betas, eps=eps, **fused)
+    adam = torch.optim.AdamW([dict(params=g['embed'], weight_decay=weight_decay, lr=lr*embed_lr_scale, lr_scale=embed_lr_scale),
+                              dict(params=g['vector'], weight_decay=0.0)], lr=lr, betas=betas, eps=eps, **fused)
     muon = Muon(g['hidden'], lr=lr*muon_lr_scale, weight_decay=weight_decay, momentum=momentum,
                             adjust_lr_fn='match_rms_adamw')
     for grp in muon.param_groups: grp['lr_scale'] = muon_lr_scale

@@ -35,7 +35,7 @@ __all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'OVERFIT_EPOCHS', 'EARLY_STOP_EPOCHS', 'MA
 TRAIN_DEFAULTS = {
     'tiny': dict(steps=50, batch_size=8, seq_len=64, lr=3e-3, warmup=5, eval_every=25, save_every=25),
     'baby': dict(steps=1000, batch_size=16, seq_len=64, lr=8e-3, warmup=50, eval_every=250, save_every=250),
-    '14m': dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=30, eval_every=50, save_every=100),
+    '14m': dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=30, eval_every=50, save_every=100, embed_lr_scale=10.),
 }
 
 class UsageError(ValueError):
@@ -66,12 +66,12 @@ def as_micro_batch_size(v, most:int, world:int=1) -> str|int:
 FLAGS = ('data', 'val_fraction', 'preset', 'steps', 'batch_size', 'micro_batch_size', 'seq_len', 'lr', 'warmup', 'tokenizer',
          'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'device', 'seed', 'eval_every', 'eval_batches',
          'save_every', 'keep_last', 'log_every', 'precision', 'grad_checkpoint', 'loss_trend', 'sample_every', 'compile',
-         'arch', 'optimizer', 'early_stop', 'weight_decay')
+         'arch', 'optimizer', 'early_stop', 'weight_decay', 'embed_lr_scale')
 
 def resolve_flags(given:dict, stored:dict|None=None,
                   world:int=1) -> dict: # processes the run is split over (torchrun)
     "Every flag's value, parsed: given, else stored (on resume), else the preset's default"
-    legacy = dict(arch='gpt2', optimizer='adamw', weight_decay=0.1) if stored is not None else {}  # runs made before these flags existed
+    legacy = dict(arch='gpt2', optimizer='adamw', weight_decay=0.1, embed_lr_scale=1.0) if stored is not None else {}  # runs made before these flags existed
     f = {**legacy, **(stored or {}), **{k: v for k, v in given.items() if v is not None}}
     preset = f.get('preset') or '14m'
     if preset not in PRESETS: raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -81,7 +81,8 @@ def resolve_flags(given:dict, stored:dict|None=None,
                 log_every=10, precision='auto', grad_checkpoint=False, loss_trend=True, sample_every=0, compile=False,
                 arch=p['arch'], optimizer='muon', early_stop=None,  # early_stop None: decided from the corpus (see `corpus_facts`)
                 weight_decay=0.1,  # raised for a small corpus unless given (see `small_corpus_defaults`)
-                **TRAIN_DEFAULTS[preset])
+                embed_lr_scale=1.0,  # the embedding's LR under Muon, as a multiple of lr (`14m`: 10, measured below)
+               ) | TRAIN_DEFAULTS[preset]
     f = {**base, **{k: v for k, v in f.items() if v is not None}}
     for k in ('steps', 'batch_size', 'seq_len', 'vocab_size', 'eval_batches', 'keep_last', 'log_every'):
         if not isinstance(f[k], int) or f[k] < 1: raise UsageError(f"--{k.replace('_', '-')} must be a positive integer, got {f[k]!r}")
@@ -92,6 +93,8 @@ def resolve_flags(given:dict, stored:dict|None=None,
     if not (isinstance(f['lr'], (int, float)) and 0 < f['lr'] < 1): raise UsageError(f"--lr must be in (0, 1), got {f['lr']!r}")
     if not (isinstance(f['weight_decay'], (int, float)) and 0 <= f['weight_decay'] < 10):
         raise UsageError(f"--weight-decay must be a number in [0, 10), got {f['weight_decay']!r}")
+    if not (isinstance(f['embed_lr_scale'], (int, float)) and 0 < f['embed_lr_scale'] <= 100):
+        raise UsageError(f"--embed-lr-scale must be a number in (0, 100], got {f['embed_lr_scale']!r}")
     if f.get('dropout') is not None and not (isinstance(f['dropout'], (int, float)) and 0 <= f['dropout'] < 1):
         raise UsageError(f"--dropout must be in [0, 1), got {f['dropout']!r}")
     if f['tokenizer'] not in ('bpe', 'char'): raise UsageError(f"--tokenizer must be bpe or char, got {f['tokenizer']!r}")
@@ -324,7 +327,7 @@ def _train(d, out, resume, quiet, cbs, flags) -> Learner:
     default = run_callbacks(f, out, config, quiet or not d.main) + ([DDPCallback()] if d.world > 1 else [])
     default = [c for c in default if type(c) not in mine and (d.main or not isinstance(c, SampleCallback))]
     learn = Learner(model, data, cbs=default + list(cbs),
-                    lr=f['lr'], optimizer=f['optimizer'], weight_decay=f['weight_decay'], batch_size=f['batch_size'], seq_len=f['seq_len'],
+                    lr=f['lr'], optimizer=f['optimizer'], weight_decay=f['weight_decay'], embed_lr_scale=f['embed_lr_scale'], batch_size=f['batch_size'], seq_len=f['seq_len'],
                     warmup=f['warmup'], eval_every=f['eval_every'], eval_batches=f['eval_batches'],
                     total_steps=f['steps'], device=device, seed=f['seed'], out=out if d.main else None, dist=d)
     learn.recorder.log_every = f['log_every']
