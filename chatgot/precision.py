@@ -215,6 +215,8 @@ class MixedPrecision(Callback):
             p = precision or (resolve_precision('auto', self.device) if self.want == 'auto' else self.want)
             self.scaler = SafeGradScaler(self.device, p, **self.scaler_kw)
         self.learn.precision, self.learn.autocast = self.scaler.precision, autocast_for(self.scaler.precision, self.device)
+        for o in getattr(self.opt, 'opts', (self.opt,)):  # fp32 means fp32 in Muon's orthogonalisation too
+            if hasattr(o, 'fp32_on_cpu'): o.fp32_on_cpu = self.scaler.precision == 'fp32' or not cpu_bf16()
 
     def before_fit(self): self._setup()
     def before_step(self): self.scaler.new_step()

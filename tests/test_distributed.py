@@ -147,7 +147,9 @@ def test_oom_on_one_rank_shrinks_both(corpus, plain, tmp_path):
     assert 'out of memory on rank 1 at micro-batch 2' in r.stderr
     assert sorted(losses(run)) == list(range(1, STEPS + 1))
     ref = losses(plain[0])
-    assert all(abs(losses(run)[s] - ref[s]) < 1e-5 * abs(ref[s]) for s in ref)  # the same batches, redone at micro-batch 1 (measured: 1e-7)
+    # the same batches, redone at micro-batch 1: float rounding only, which Muon's Newton-Schulz amplifies over 30 steps
+    # (measured up to 4.5e-5 relative on an AVX512 CPU, 1e-7 with AdamW); another batch's loss differs by percents
+    assert all(abs(losses(run)[s] - ref[s]) < 1e-3 * abs(ref[s]) for s in ref)
 
 @pytest.mark.parametrize('args,needle', [
     (['--batch-size', 5], 'must be divisible by the number of processes (2)'),
