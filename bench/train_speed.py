@@ -3,7 +3,8 @@
 python bench/train_speed.py [--repeats 3] [--steps 3] [--shapes 14m,baby] [--no-compile] [--no-old]
     -> prints a table, writes bench/results/train_speed.json
 Per shape (14m: batch 64 x 256, vocab 8192; baby: batch 12 x 64, vocab 65), on the same random batches:
-  plain:    nanoGPT's loop in fp32 eager: its GPT-2 block, forward, backward, clip, AdamW (foreach, not fused), zero_grad;
+  plain:    nanoGPT's loop in fp32 eager: its GPT-2 block, `F.cross_entropy`, backward, clip, AdamW (foreach, not
+            fused), zero_grad;
   bare:     the same loop with what `train()` runs by default (the preset's block, Muon for the hidden matrices and
             fused AdamW for the rest, `--precision auto`) and no callbacks;
   chatgot:  the Learner with every default callback of `train()` (`run_callbacks`: precision checks, micro-batch
@@ -18,6 +19,7 @@ speedup = tok/s / plain's; overhead = bare / chatgot - 1 (target at most 3 %).
 import argparse, json, statistics, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
+import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe
 from chatgot.data import TokenData, train_tokenizer
@@ -50,7 +52,9 @@ def loop(preset, B, T, V, steps, fast:bool):
     ends = []
     for _ in range(steps + 1):
         x = torch.randint(0, V, (B, T + 1), generator=g)
-        with ac: _, loss = m(x[:, :-1], x[:, 1:])
+        with ac:
+            if fast: _, loss = m(x[:, :-1], x[:, 1:])
+            else: loss = F.cross_entropy(m(x[:, :-1])[0].reshape(-1, V), x[:, 1:].reshape(-1))  # nanoGPT's loss, not ours
         loss.backward(); torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step(); opt.zero_grad(set_to_none=True)
         ends.append(time.perf_counter())

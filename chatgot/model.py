@@ -6,7 +6,7 @@ Docs: https://chatgot.github.io/chatgot/model.html.md"""
 
 # %% auto #0
 __all__ = ['ARCHS', 'PRESETS', 'GPTConfig', 'preset_config', 'KVCache', 'rope_cos_sin', 'apply_rope', 'RMSNorm',
-           'CausalSelfAttention', 'MLP', 'Block', 'GPT']
+           'CausalSelfAttention', 'MLP', 'Block', 'GPT', 'cross_entropy']
 
 # %% ../nbs/01_model.ipynb #567b3acb
 import math, numbers
@@ -235,6 +235,34 @@ class GPT(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, mean=0.0, std=0.02)
         if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
 
+# %% ../nbs/01_model.ipynb #703af1af
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, targets, rows):
+        valid, t = targets != -1, targets.clamp(min=0)
+        acc = torch.promote_types(logits.dtype, torch.float32)  # fp32, or fp64 for fp64 logits
+        lse = torch.cat([c.to(acc).logsumexp(-1) for c in logits.split(rows)])
+        n = valid.sum()
+        ctx.save_for_backward(logits, t, valid, lse, n); ctx.rows = rows
+        return ((lse - logits.gather(1, t[:, None]).squeeze(1).to(acc)) * valid).sum() / n
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, t, valid, lse, n = ctx.saved_tensors
+        grad, scale, r = torch.empty_like(logits), (g / n) * valid, ctx.rows
+        for i in range(0, logits.size(0), r):  # softmax - one-hot, scaled; ignored rows get 0
+            p = (logits[i:i+r].to(lse.dtype) - lse[i:i+r, None]).exp_()
+            p.scatter_add_(1, t[i:i+r, None], p.new_full((p.size(0), 1), -1.))
+            grad[i:i+r] = p.mul_(scale[i:i+r, None])
+        return grad, None, None
+
+def cross_entropy(logits:torch.Tensor, # `(N, V)`, any float dtype
+                  targets:torch.Tensor # `(N,)`; `-1` is ignored
+                 ) -> torch.Tensor:
+    "`F.cross_entropy(logits, targets, ignore_index=-1)` in fp32 (fp64 for fp64 logits), by row chunks of about 2 MB"
+    return _ChunkedCrossEntropy.apply(logits, targets, max(1, 2**19 // logits.size(-1)))
+
+
 # %% ../nbs/01_model.ipynb #149448e0
 @patch
 def forward(self:GPT, idx:torch.Tensor, # token ids `(B, T)`
@@ -260,7 +288,7 @@ def forward(self:GPT, idx:torch.Tensor, # token ids `(B, T)`
     if cache is not None: cache.pos += T
     logits = self.lm_head(self.transformer.ln_f(x))
     if c.softcap: logits = c.softcap * torch.tanh(logits / c.softcap)
-    loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+    loss = None if targets is None else cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
     return logits, loss
 
 # %% ../nbs/01_model.ipynb #170c35a1
