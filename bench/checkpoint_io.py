@@ -1,7 +1,7 @@
 """Checkpoint save and load time for the 14m model (and baby), as `CheckpointCallback` writes them.
 
 python bench/checkpoint_io.py [--repeats 5] [--presets 14m,baby]   -> prints a table, writes bench/results/checkpoint_io.json
-save: `save_checkpoint` of a Learner after one training step (weights, AdamW moments, RNG, sampler, callback states,
+save: `save_checkpoint` of a Learner with `train()`'s optimizer after one training step (weights, optimizer state, RNG, sampler, callback states,
       sha256 of every file, fsync, atomic rename); load: `find_checkpoint` + `load_checkpoint` (hash verification
       included) into a fresh Learner. Medians over repeats; the folder size is reported too.
 """
@@ -14,12 +14,14 @@ from bench.train_speed import fake_data
 from chatgot.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from chatgot.learner import Learner
 from chatgot.model import GPT, preset_config
+from chatgot.train import resolve_flags
 
 VOCAB = {'14m': 8192, 'baby': 65}
 
 def learner(preset, data):
     torch.manual_seed(0)
-    return Learner(GPT(preset_config(preset, vocab_size=VOCAB[preset])), data, batch_size=4, seq_len=32, eval_batches=1)
+    opt = resolve_flags(dict(preset=preset))['optimizer']  # what `train()` uses (Muon: one buffer per hidden matrix)
+    return Learner(GPT(preset_config(preset, vocab_size=VOCAB[preset])), data, batch_size=4, seq_len=32, eval_batches=1, optimizer=opt)
 
 def once(preset, data):
     l = learner(preset, data); l.fit(1)

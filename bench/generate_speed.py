@@ -14,17 +14,21 @@ from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import describe
-from chatgot.model import GPT, preset_config
+from chatgot.model import GPT, preset_config, rope_cos_sin
 from chatgot.generate import generate, make_processors
 
 @torch.inference_mode()
 def recompute(model, idx, n, procs, g):
     "nanoGPT's generate: full forward over the cropped context for every new token"
-    tr, bs = model.transformer, model.config.block_size
+    tr, c = model.transformer, model.config
     for _ in range(n):
-        x = idx[:, -bs:]
-        h = tr.drop(tr.wte(x) + tr.wpe(torch.arange(x.size(1), device=x.device)))
-        for block in tr.h: h = block(h)
+        x = idx[:, -c.block_size:]
+        pos = torch.arange(x.size(1), device=x.device)
+        h, rope = tr.wte(x), None  # learned positions (GPT-2 block) or rotary ones (Llama/Qwen3 blocks)
+        if c.pos == 'learned': h = h + tr.wpe(pos)
+        else: rope = rope_cos_sin(pos, c.head_dim, c.rope_theta)
+        h = tr.drop(h)
+        for block in tr.h: h = block(h, None, rope)
         logits = model.lm_head(tr.ln_f(h[:, -1]))
         for p in procs: logits = p(logits, None)
         idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1, generator=g)], 1)
