@@ -22,6 +22,8 @@ from bench.machine import describe
 from bench.train_speed import fake_data
 from chatgot.learner import Callback, CancelStepException, Learner
 from chatgot.model import GPT, preset_config
+from chatgot.train import resolve_flags
+from chatgot.optim import cpu_bf16
 from chatgot.precision import MixedPrecision, autocast_for, autocast_works
 
 class PlainAmp(Callback):
@@ -31,6 +33,8 @@ class PlainAmp(Callback):
     def before_fit(self):
         self.learn.precision, self.learn.autocast = self.p, autocast_for(self.p, self.device)
         if not hasattr(self, 'scaler'): self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.p == 'fp16')
+        for o in getattr(self.opt, 'opts', (self.opt,)):  # as `MixedPrecision` does: fp32 means fp32 in Muon's step too
+            if hasattr(o, 'fp32_on_cpu'): o.fp32_on_cpu = self.p == 'fp32' or not cpu_bf16()
     def before_backward(self): self.learn.loss_grad = self.scaler.scale(self.loss_grad)
     def before_clip(self): self.scaler.unscale_(self.opt)
     def before_opt_step(self):
@@ -52,7 +56,8 @@ def run(variant, precision, data, B, T, steps, device):
     torch.manual_seed(0)
     m = GPT(preset_config('14m', vocab_size=8192))
     cb = MixedPrecision(precision, verbose=False) if variant == 'safe' else PlainAmp(precision)
-    l = Learner(m, data, cbs=[cb, StepTimer()], batch_size=B, seq_len=T, eval_batches=1, total_steps=1 + steps, device=device)
+    l = Learner(m, data, cbs=[cb, StepTimer()], batch_size=B, seq_len=T, eval_batches=1, total_steps=1 + steps, device=device,
+                optimizer=resolve_flags(dict(preset='14m'))['optimizer'])  # `train()`'s optimizer (Muon for the hidden matrices)
     t0 = time.perf_counter(); l.fit(1); warm = l.step_timer.t[1] - t0
     if not steps: return None, warm
     l.fit(1 + steps)
