@@ -27,13 +27,15 @@ from chatgot.grad_ckpt import set_gradient_checkpointing
 from bench.step_memory import measure_step
 from chatgot.learner import Callback, Learner
 from chatgot.model import GPT, preset_config
+from chatgot.train import resolve_flags
 
 def learner_step_s(preset, batch_size, seq_len, grad_checkpoint, repeats, device):
-    "Median time of a whole optimizer step (forward, backward, clip, AdamW) of a Learner"
+    "Median time of a whole optimizer step (forward, backward, clip, `train()`'s optimizer) of a Learner"
     torch.manual_seed(0)
     vocab = preset_config(preset, vocab_size=8192).vocab_size
     m = GPT(preset_config(preset, vocab_size=vocab)); set_gradient_checkpointing(m, grad_checkpoint)
-    l = Learner(m, fake_data(vocab), cbs=[StepTimer()], batch_size=batch_size, seq_len=seq_len, eval_batches=1, device=device)
+    l = Learner(m, fake_data(vocab), cbs=[StepTimer()], batch_size=batch_size, seq_len=seq_len, eval_batches=1, device=device,
+                optimizer=resolve_flags(dict(preset=preset))['optimizer'])  # `train()`'s optimizer
     l.fit(1); l.step_timer.rows.clear()  # warm-up, not timed
     l.fit(1 + repeats)
     return statistics.median(dt for _, _, dt in l.step_timer.rows)
@@ -83,7 +85,7 @@ def oom_cost(preset, batch_size, seq_len, repeats, where, block, device):
     torch.manual_seed(0)
     vocab = preset_config(preset, vocab_size=8192).vocab_size
     l = Learner(GPT(preset_config(preset, vocab_size=vocab)), fake_data(vocab), batch_size=batch_size, seq_len=seq_len,
-                eval_batches=1, device=device,
+                eval_batches=1, device=device, optimizer=resolve_flags(dict(preset=preset))['optimizer'],
                 cbs=[StepTimer(), BackToFull(at), InjectOOM(batch_size // 2, steps=at, where=where, block=block),
                      MicroBatchController(stable_steps=k, verbose=False)])
     l.fit(1)  # warm-up, not timed
