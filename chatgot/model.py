@@ -138,9 +138,36 @@ def apply_rope(x:torch.Tensor, cos:torch.Tensor, sin:torch.Tensor) -> torch.Tens
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
+# %% ../nbs/01_model.ipynb #a309bf7a
+class _RMSNormFn(torch.autograd.Function):
+    "RMSNorm over the last dimension in fp32 (fp64 for fp64), written in `out_dtype`: few passes over memory on the CPU"
+    @staticmethod
+    def forward(ctx, x, weight, eps, out_dtype):
+        acc = torch.promote_types(x.dtype, torch.float32)
+        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc).square_().div_(x.size(-1)).add_(eps).rsqrt_()  # 1/rms
+        y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        torch.mul(x * r, weight.to(acc), out=y)  # one rounding, to out_dtype
+        ctx.save_for_backward(x, weight, r)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, r = ctx.saved_tensors
+        C = x.size(-1)
+        gw = g * w.to(r.dtype)
+        k = r.square() * (gw * x).sum(-1, keepdim=True, dtype=r.dtype) / C
+        dx = torch.empty_like(x)
+        torch.mul(torch.addcmul(gw, x, k, value=-1), r, out=dx)  # r * (g w - x r² mean(g w x))
+        dw = (r.reshape(-1) @ (g * x).reshape(-1, C).to(r.dtype)).to(w.dtype) if ctx.needs_input_grad[1] else None
+        return dx, dw, None, None
+
 class RMSNorm(nn.RMSNorm):
-    "`nn.RMSNorm` with its gain cast to the input's dtype: bf16 activations take torch's fused kernel, not its warning fallback"
-    def forward(self, x): return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+    "`nn.RMSNorm` over the last dimension. On the CPU `_RMSNormFn`, which returns autocast's dtype under autocast."
+    def forward(self, x):
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+        if x.device.type != 'cpu': return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), eps)
+        dt = torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else x.dtype
+        return _RMSNormFn.apply(x, self.weight, eps, dt)
 
 def _norm(config:GPTConfig, dim:int) -> nn.Module:
     if config.norm == 'rmsnorm': return RMSNorm(dim, eps=config.norm_eps)
