@@ -35,7 +35,8 @@ __all__ = ['TRAIN_DEFAULTS', 'FLAGS', 'OVERFIT_EPOCHS', 'EARLY_STOP_EPOCHS', 'MA
 TRAIN_DEFAULTS = {
     'tiny': dict(steps=50, batch_size=8, seq_len=64, lr=3e-3, warmup=5, eval_every=25, save_every=25),
     'baby': dict(steps=1000, batch_size=16, seq_len=64, lr=8e-3, warmup=50, eval_every=250, save_every=250),
-    '14m': dict(steps=300, batch_size=16, seq_len=128, lr=3e-3, warmup=30, eval_every=50, save_every=100, embed_lr_scale=10.),
+    '14m': dict(steps=230, batch_size=32, seq_len=128, lr=3e-3, warmup=20, eval_every=50, save_every=100, eval_batches=10,
+                embed_lr_scale=10.),
 }
 
 class UsageError(ValueError):
