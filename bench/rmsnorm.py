@@ -2,7 +2,7 @@
 
 python bench/rmsnorm.py [--repeats 5]   -> prints a table, writes bench/results/rmsnorm.json
 The `14m` model (Qwen3 block: 25 RMSNorms) under bf16 autocast, forward + chunked loss + backward, on random
-tokens at batch x seq 16 x 128 (the default run), 16 x 256 and 64 x 256 (the throughput benchmark's shape).
+tokens at batch x seq 16 x 128 (the default run until 2026-12-07, now 32 x 128), 16 x 256 and 64 x 256 (the throughput benchmark's shape).
 `torch`: `RMSNorm.forward` as it was (`F.rms_norm`, fp32 out of an fp32 residual stream); `chatgot`: today's.
 The two alternate within each repeat; seconds are medians.
 """
